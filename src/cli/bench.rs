@@ -1,0 +1,253 @@
+//! `estafette bench store`: Store API throughput and latency on one node
+//! and on three local nodes, plus the memory of an idle node.
+//!
+//! Numbers, not pass/fail: this is run by hand or by scripts/bench, never
+//! by the test suite.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Subcommand;
+use futures::StreamExt;
+
+use crate::storage::local::LocalCluster;
+use crate::storage::{Store, UserId};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Items and blobs: ops/s and p50/p99 latency.
+    Store {
+        /// Nodes in the local cluster (RF = min(nodes, 3)).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Operations per item workload (blob workloads scale this down by size).
+        #[arg(long, default_value_t = 2000)]
+        ops: usize,
+        /// Concurrent operations in the throughput runs.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Leave Nagle's algorithm on for RPC connections (shows what the
+        /// TCP_NODELAY workaround buys).
+        #[arg(long)]
+        nagle: bool,
+        /// Scratch directory (default: a fresh temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Resident memory of an idle single-node `estafette dev` process.
+    IdleRss,
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<(), String> {
+    match cmd {
+        BenchCommand::Store { nodes, ops, concurrency, nagle, dir } => {
+            store(nodes, ops, concurrency, nagle, dir).await
+        }
+        BenchCommand::IdleRss => idle_rss().await,
+    }
+}
+
+struct Stats {
+    name: String,
+    ops: usize,
+    elapsed: Duration,
+    lat: Vec<Duration>,
+    concurrent_ops_per_s: f64,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+impl Stats {
+    fn row(&mut self) -> String {
+        self.lat.sort();
+        format!(
+            "{:<22} {:>7} {:>12.0} {:>12.0} {:>10.3} {:>10.3}",
+            self.name,
+            self.ops,
+            self.ops as f64 / self.elapsed.as_secs_f64(),
+            self.concurrent_ops_per_s,
+            pct(&self.lat, 0.5),
+            pct(&self.lat, 0.99)
+        )
+    }
+}
+
+/// Runs `op(i)` `n` times one after another (latency), then `n` times with
+/// `conc` in flight (throughput).
+async fn measure<F, Fut>(name: &str, n: usize, conc: usize, op: F) -> Result<Stats, String>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        op(i).await?;
+        lat.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    let start = Instant::now();
+    let results: Vec<Result<(), String>> = futures::stream::iter((0..n).map(|i| op(n + i)))
+        .buffer_unordered(conc.max(1))
+        .collect()
+        .await;
+    let conc_elapsed = start.elapsed();
+    results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(Stats {
+        name: name.into(),
+        ops: n,
+        elapsed,
+        lat,
+        concurrent_ops_per_s: n as f64 / conc_elapsed.as_secs_f64(),
+    })
+}
+
+async fn store(nodes: usize, ops: usize, conc: usize, nagle: bool, dir: Option<PathBuf>) -> Result<(), String> {
+    if nagle {
+        crate::storage::nodelay::disable();
+    }
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+            tmp.path().to_owned()
+        }
+    };
+    let cluster = LocalCluster::start(&dir, nodes).await.map_err(|e| e.to_string())?;
+    // Write through the first node, read through the last: with 3 nodes
+    // every operation crosses the (loopback) network.
+    let w: Store = cluster.nodes[0].store();
+    let r: Store = cluster.nodes[nodes - 1].store();
+    let user = UserId([7; 32]);
+    let e = |e: crate::storage::StorageError| e.to_string();
+
+    println!(
+        "estafette bench store: {nodes} node(s), RF {}, TCP_NODELAY {}, {ops} ops, concurrency {conc}",
+        nodes.min(3),
+        if nagle { "OFF (Nagle on)" } else { "on" }
+    );
+    println!(
+        "{:<22} {:>7} {:>12} {:>12} {:>10} {:>10}",
+        "workload", "ops", "seq ops/s", "conc ops/s", "p50 ms", "p99 ms"
+    );
+    let value = vec![0x5au8; 512];
+    let mut rows = vec![];
+    rows.push(
+        measure("item insert 512 B", ops, conc, |i| {
+            let (w, v) = (w.clone(), value.clone());
+            async move { w.insert(&user, "bench", &format!("k{i:08}"), v, None).await.map_err(e) }
+        })
+        .await?,
+    );
+    rows.push(
+        measure("item get", ops, conc, |i| {
+            let r = r.clone();
+            async move {
+                let k = format!("k{:08}", i % ops);
+                match r.get(&user, "bench", &k).await.map_err(e)? {
+                    Some(it) if !it.values.is_empty() => Ok(()),
+                    _ => Err(format!("item {k} missing")),
+                }
+            }
+        })
+        .await?,
+    );
+    let range_ops = (ops / 20).max(10);
+    rows.push(
+        measure("item range 100", range_ops, conc, |i| {
+            let r = r.clone();
+            async move {
+                let start = format!("k{:08}", (i * 100) % ops.saturating_sub(100).max(1));
+                let items = r
+                    .range(&user, "bench", &crate::storage::Range { start: Some(start), limit: Some(100), ..Default::default() })
+                    .await
+                    .map_err(e)?;
+                if items.len() == 100.min(ops) { Ok(()) } else { Err(format!("range returned {}", items.len())) }
+            }
+        })
+        .await?,
+    );
+    for (label, size, n) in [("1 KiB", 1024usize, ops / 4), ("100 KiB", 100 * 1024, ops / 20), ("10 MiB", 10 << 20, 10)] {
+        let n = n.max(5);
+        let body = Bytes::from((0..size).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>());
+        let prefix = format!("b{size}");
+        rows.push(
+            measure(&format!("blob put {label}"), n, conc.min(4), |i| {
+                let (w, body, k) = (w.clone(), body.clone(), format!("{prefix}/{i}"));
+                async move { w.put_blob_bytes(&user, &k, body).await.map(|_| ()).map_err(e) }
+            })
+            .await?,
+        );
+        rows.push(
+            measure(&format!("blob get {label}"), n, conc.min(4), |i| {
+                let (r, k) = (r.clone(), format!("{prefix}/{}", i % n));
+                async move {
+                    match r.get_blob_bytes(&user, &k).await.map_err(e)? {
+                        Some(b) if b.len() == size => Ok(()),
+                        _ => Err(format!("blob {k} missing or short")),
+                    }
+                }
+            })
+            .await?,
+        );
+    }
+    for row in &mut rows {
+        println!("{}", row.row());
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn idle_rss() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = crate::storage::local::free_port().map_err(|e| e.to_string())?;
+    let mport = crate::storage::local::free_port().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args(["dev", "--data-dir"])
+        .arg(dir.path())
+        .args(["--rpc-port", &port.to_string(), "--metrics-port", &mport.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let sock = dir.path().join("node-1/meta/admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(crate::server::admin::Response::Status(s)) =
+            crate::server::admin::call(&sock, &crate::server::admin::Request::Status).await
+        {
+            if s.layout_version > 0 && s.partitions_with_quorum == s.partitions {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("dev node did not become ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle means: ready, then left alone for a while.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).map_err(|e| e.to_string())?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .map(|l| l.trim_start_matches("VmRSS:").trim().to_string())
+        .unwrap_or_default();
+    println!("idle single-node RSS: {rss}");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    Ok(())
+}

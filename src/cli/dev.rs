@@ -1,0 +1,243 @@
+//! `estafette dev`: a local appliance with no configuration to write.
+//!
+//! One region: a single node in this process. Several: one process per
+//! node on 127.0.0.1, 127.0.0.2, ... (same ports), zones region-1..N,
+//! replication factor min(N, 3), each node's PID in DIR/node-<i>/pid. This
+//! is the local multi-region demo and the harness integration tests use.
+//! State lives in DIR and survives restarts.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::config::{ClusterConfig, Config, LayoutNode, ListenConfig, NodeConfig, RpcConfig, UsersConfig};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where the appliance keeps its state (default: ~/.local/state/estafette/dev).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Number of regions, one node (and one process) each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    regions: u8,
+    /// RPC port of every node.
+    #[arg(long, default_value_t = 3901)]
+    rpc_port: u16,
+    /// Prometheus metrics port of every node.
+    #[arg(long, default_value_t = 9187)]
+    metrics_port: u16,
+}
+
+/// The per-user default state folder for dev appliances.
+pub fn default_data_dir() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("estafette").join("dev"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/state/estafette/dev")),
+        None => Err("neither XDG_STATE_HOME nor HOME is set: give --data-dir".into()),
+    }
+}
+
+pub fn node_dir(dir: &Path, i: u8) -> PathBuf {
+    dir.join(format!("node-{i}"))
+}
+
+fn node_ip(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))
+}
+
+/// Reads DIR/rpc_secret, creating it (0600, random) on first use.
+fn dev_secret(dir: &Path) -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("rpc_secret");
+    if !path.exists() {
+        let secret: [u8; 32] = rand::random();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(hex::encode(secret).as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// The configuration of dev node `i` of `n`.
+fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
+    let n = args.regions;
+    let rpc = |j: u8| SocketAddr::new(node_ip(j), args.rpc_port);
+    let nd = node_dir(dir, i);
+    Config {
+        node: NodeConfig {
+            name: format!("node-{i}"),
+            region: format!("region-{i}"),
+            data_dir: nd.join("data"),
+            metadata_dir: nd.join("meta"),
+            // A dev appliance favours speed over surviving power loss.
+            fsync: false,
+        },
+        rpc: RpcConfig {
+            bind: rpc(i),
+            public_addr: None,
+            secret: None,
+            secret_file: Some(secret_file.to_owned()),
+        },
+        cluster: ClusterConfig {
+            replication_factor: usize::from(n.min(3)),
+            bootstrap_peers: vec![],
+            nodes: (1..=n)
+                .map(|j| LayoutNode {
+                    name: format!("node-{j}"),
+                    region: format!("region-{j}"),
+                    capacity: "10G".into(),
+                    rpc_addr: rpc(j),
+                })
+                .collect(),
+        },
+        listen: ListenConfig {
+            imap: None,
+            imaps: None,
+            lmtp: None,
+            metrics: Some(SocketAddr::new(node_ip(i), args.metrics_port)),
+        },
+        tls: None,
+        users: UsersConfig::default(),
+        source: nd.join("estafette.toml"),
+    }
+}
+
+/// A dev directory remembers how many regions it was made for: mixing a
+/// single-node (RF 1) state with a three-region one cannot work.
+fn check_regions(dir: &Path, n: u8) -> Result<(), String> {
+    let path = dir.join("regions");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim() == n.to_string() => Ok(()),
+        Ok(s) => Err(format!(
+            "{} was created with --regions {}; use another --data-dir for --regions {n}",
+            dir.display(),
+            s.trim()
+        )),
+        Err(_) => std::fs::write(&path, n.to_string()).map_err(|e| format!("{}: {e}", path.display())),
+    }
+}
+
+pub async fn run(args: DevArgs) -> Result<(), String> {
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+    check_regions(&dir, args.regions)?;
+    let secret = dev_secret(&dir)?;
+    let mut configs = vec![];
+    for i in 1..=args.regions {
+        let config = dev_config(&args, &dir, &secret, i);
+        let path = config.source.clone();
+        std::fs::create_dir_all(node_dir(&dir, i)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(&path, config.to_toml()).map_err(|e| format!("{}: {e}", path.display()))?;
+        // What we wrote must be what a real deployment would accept.
+        configs.push(Config::load(&path).map_err(|e| e.to_string())?);
+    }
+
+    println!("estafette dev: {} region(s), state in {}", args.regions, dir.display());
+    for c in &configs {
+        println!(
+            "  {} ({}): RPC {}, metrics http://{}/metrics, config {}",
+            c.node.name,
+            c.node.region,
+            c.rpc.bind,
+            c.listen.metrics.map(|a| a.to_string()).unwrap_or_default(),
+            c.source.display()
+        );
+    }
+    println!("  status: estafette cluster status --data-dir {}", dir.display());
+
+    if args.regions == 1 {
+        let config = configs.remove(0);
+        let pid = node_dir(&dir, 1).join("pid");
+        std::fs::write(&pid, std::process::id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
+        let result = crate::server::run(config).await.map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&pid);
+        return result;
+    }
+    supervise(&dir, &configs).await
+}
+
+/// Runs one `estafette server` process per node until we are told to stop
+/// or one of them dies.
+async fn supervise(dir: &Path, configs: &[Config]) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let exe = std::env::current_exe().map_err(|e| format!("finding our own executable: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut children: Vec<(u8, Child)> = vec![];
+    for (i, c) in configs.iter().enumerate() {
+        let i = i as u8 + 1;
+        let child = Command::new(&exe)
+            .arg("server")
+            .arg("--config")
+            .arg(&c.source)
+            .spawn()
+            .map_err(|e| format!("starting node-{i}: {e}"))?;
+        let pid = node_dir(dir, i).join("pid");
+        std::fs::write(&pid, child.id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
+        children.push((i, child));
+    }
+    let outcome = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                // A node killed on purpose (tests, demos of region loss) is
+                // reported but does not end the appliance.
+                for (i, child) in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        log::warn!("node-{i} exited ({status}); restart it with: {} server --config {}",
+                            exe.display(), configs[usize::from(*i) - 1].source.display());
+                    }
+                }
+                children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
+                if children.is_empty() {
+                    break Err("every node has exited".to_string());
+                }
+            }
+        }
+    };
+    stop_children(&mut children);
+    for (i, _) in &children {
+        let _ = std::fs::remove_file(node_dir(dir, *i).join("pid"));
+    }
+    outcome
+}
+
+/// SIGTERM every child, wait for them (Garage may take up to 8 s to stop
+/// its workers), SIGKILL the ones still running after that.
+fn stop_children(children: &mut [(u8, Child)]) {
+    for (_, c) in children.iter() {
+        // SAFETY: kill(2) on a PID we spawned and have not yet reaped.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(12);
+    for (_, c) in children.iter_mut() {
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !matches!(c.try_wait(), Ok(Some(_))) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

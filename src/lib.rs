@@ -1,0 +1,20 @@
+//! Estafette: a multi-region, encrypted-at-rest IMAP + LMTP mail server
+//! whose every node is also a replica of an embedded Garage cluster.
+//!
+//! Layers, each depending only on those below it (DESIGN.md §1):
+//!
+//! ```text
+//! cli      clap commands (server, dev, config, cluster, bench)
+//! server   wiring: config -> storage -> ...; admin socket, metrics, signals
+//! storage  the embedded Garage node and the Store API (items, blobs, peer RPC)
+//! config   the TOML configuration, typed and validated
+//! ```
+//!
+//! The binary is a thin `main` over [`cli::main`]; the library exists so
+//! that integration tests and benchmarks drive the same code in-process.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,169 @@
+//! Estafette's own node-to-node messages, carried by Garage's RPC layer.
+//!
+//! Upper layers (the sequencer, change notifications) define a message type,
+//! implement [`PeerMessage`] for it and register a handler; they never see a
+//! Garage type. The messages travel on the same authenticated, encrypted
+//! connections as Garage's own RPCs, so there is no second network stack to
+//! secure or to open in a firewall.
+//!
+//! This module must not interpret the messages it carries.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use garage_net::endpoint::{Endpoint, EndpointHandler};
+use garage_net::message::{Message, PRIO_HIGH};
+use garage_net::NodeID;
+use garage_rpc::rpc_helper::RequestStrategy;
+use garage_rpc::system::System;
+use garage_util::data::Uuid;
+use garage_util::error::Error as GarageError;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::StorageError;
+
+/// A peer's node id (its public key).
+pub type PeerId = [u8; 32];
+
+/// A message type of ours. `PATH` must be unique per type and stable across
+/// versions (it names the endpoint on the wire).
+pub trait PeerMessage: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
+    const PATH: &'static str;
+}
+
+/// What a handler returns: the response, or an error text for the caller.
+pub type HandlerFuture<R> = Pin<Box<dyn Future<Output = Result<R, String>> + Send>>;
+type HandlerFn<M> = dyn Fn(PeerId, M) -> HandlerFuture<<M as PeerMessage>::Response> + Send + Sync;
+
+/// The wire form of a [`PeerMessage`].
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Wire<M: PeerMessage>(M);
+
+impl<M: PeerMessage> Message for Wire<M> {
+    type Response = Result<M::Response, GarageError>;
+}
+
+struct Handler<M: PeerMessage> {
+    f: Option<Arc<HandlerFn<M>>>,
+}
+
+impl<M: PeerMessage> EndpointHandler<Wire<M>> for Handler<M> {
+    async fn handle(self: &Arc<Self>, m: &Wire<M>, from: NodeID) -> Result<M::Response, GarageError> {
+        let Some(f) = self.f.clone() else {
+            return Err(GarageError::Message(format!("{}: no handler on this node", M::PATH)));
+        };
+        let mut from_id = [0u8; 32];
+        from_id.copy_from_slice(&from[..]);
+        f(from_id, m.0.clone()).await.map_err(GarageError::Message)
+    }
+}
+
+/// Access to the RPC layer of one node.
+#[derive(Clone)]
+pub struct PeerRpc {
+    system: Arc<System>,
+}
+
+/// A registered endpoint through which messages of type `M` are sent.
+pub struct PeerEndpoint<M: PeerMessage> {
+    endpoint: Arc<Endpoint<Wire<M>, Handler<M>>>,
+    system: Arc<System>,
+    _m: PhantomData<M>,
+}
+
+impl PeerRpc {
+    pub(super) fn new(system: Arc<System>) -> Self {
+        PeerRpc { system }
+    }
+
+    /// This node's id.
+    pub fn local_id(&self) -> PeerId {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(self.system.id.as_slice());
+        id
+    }
+
+    /// Peers currently connected (not counting this node).
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        let me = self.system.id;
+        self.system
+            .get_known_nodes()
+            .into_iter()
+            .filter(|n| n.is_up && n.id != me)
+            .map(|n| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(n.id.as_slice());
+                id
+            })
+            .collect()
+    }
+
+    /// Registers the handler for `M` on this node (once per type and node)
+    /// and returns the endpoint to send `M` to peers.
+    pub fn register<M, F>(&self, handler: F) -> PeerEndpoint<M>
+    where
+        M: PeerMessage,
+        F: Fn(PeerId, M) -> HandlerFuture<M::Response> + Send + Sync + 'static,
+    {
+        let endpoint = self.system.netapp.endpoint::<Wire<M>, Handler<M>>(M::PATH.to_string());
+        endpoint.set_handler(Arc::new(Handler { f: Some(Arc::new(handler)) }));
+        PeerEndpoint {
+            endpoint,
+            system: self.system.clone(),
+            _m: PhantomData,
+        }
+    }
+}
+
+impl<M: PeerMessage> PeerEndpoint<M> {
+    /// Sends `msg` to `peer` and waits for its answer, at most `timeout`.
+    pub async fn call(&self, peer: PeerId, msg: M, timeout: Duration) -> Result<M::Response, StorageError> {
+        let strategy = RequestStrategy::with_priority(PRIO_HIGH).with_custom_timeout(timeout);
+        self.system
+            .rpc_helper()
+            .call(&self.endpoint, Uuid::from(peer), Wire(msg), strategy)
+            .await
+            .map_err(StorageError::from)
+    }
+}
+
+/// `cluster status`'s ping: round-trip time to a peer over our RPC.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Ping {
+    pub nonce: u64,
+}
+
+impl PeerMessage for Ping {
+    type Response = u64;
+    const PATH: &'static str = "estafette/peer/Ping";
+}
+
+pub struct PingService {
+    endpoint: PeerEndpoint<Ping>,
+}
+
+impl PingService {
+    pub(super) fn register(rpc: &PeerRpc) -> Arc<Self> {
+        let endpoint = rpc.register::<Ping, _>(|_, p| Box::pin(async move { Ok(p.nonce) }));
+        Arc::new(PingService { endpoint })
+    }
+
+    /// Round-trip time to `peer`, checked by echo of a random nonce.
+    pub async fn rtt(&self, peer: Uuid) -> Result<Duration, StorageError> {
+        let nonce: u64 = rand::random();
+        let mut id = [0u8; 32];
+        id.copy_from_slice(peer.as_slice());
+        let start = Instant::now();
+        let echoed = self.endpoint.call(id, Ping { nonce }, Duration::from_secs(5)).await?;
+        if echoed != nonce {
+            return Err(StorageError::Corrupt("ping answered with a wrong nonce".into()));
+        }
+        Ok(start.elapsed())
+    }
+}
