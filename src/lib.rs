@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! cli      clap commands (server, dev, config, cluster, bench)
-//! server   wiring: config -> storage -> ...; admin socket, metrics, signals
+//! server   wiring: config -> storage -> accounts -> ...; admin socket, metrics, signals
+//! accounts user directory, authentication, key unlock and cache, throttling
+//! crypto   key hierarchy and sealing, nothing else
 //! storage  the embedded Garage node and the Store API (items, blobs, peer RPC)
 //! config   the TOML configuration, typed and validated
 //! ```
@@ -13,8 +15,10 @@
 //! The binary is a thin `main` over [`cli::main`]; the library exists so
 //! that integration tests and benchmarks drive the same code in-process.
 
+pub mod accounts;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod logging;
 pub mod server;
 pub mod storage;

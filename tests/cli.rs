@@ -110,3 +110,81 @@ fn dev_refuses_a_directory_made_for_other_regions() {
     assert!(!ok);
     assert!(out.contains("--regions 1"), "{out}");
 }
+
+fn estafette_stdin(args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_estafette"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Stops the dev node however the test ends.
+struct DevNode(std::process::Child);
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_has_a_demo_user_and_user_commands_manage_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let port = |_| estafette::storage::local::free_port().unwrap().to_string();
+    let (rpc, metrics) = (port(0), port(1));
+    let child = Command::new(env!("CARGO_BIN_EXE_estafette"))
+        .args(["dev", "--data-dir", &d, "--rpc-port", &rpc, "--metrics-port", &metrics])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _node = DevNode(child);
+    // The demo user appears once the node is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, out) = estafette(&["user", "list", "--data-dir", &d]);
+        if ok && out.contains("alice@example.test") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no demo user: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let (ok, out) = estafette_stdin(&["user", "add", "bob", "--address", "bob@example.test", "--address", "robert@example.test", "--password-stdin", "--data-dir", &d], "first-pass\n");
+    assert!(ok, "{out}");
+    let (ok, out) = estafette(&["user", "list", "--data-dir", &d]);
+    assert!(ok && out.contains("bob@example.test, robert@example.test"), "{out}");
+
+    // Errors are clear and change nothing.
+    let (ok, out) = estafette_stdin(&["user", "add", "bob", "--address", "b2@example.test", "--password-stdin", "--data-dir", &d], "whatever1\n");
+    assert!(!ok && out.contains("already exists"), "{out}");
+    let (ok, out) = estafette_stdin(&["user", "add", "carol", "--address", "bob@EXAMPLE.test", "--password-stdin", "--data-dir", &d], "whatever1\n");
+    assert!(!ok && out.contains("already delivers to `bob`"), "{out}");
+    let (ok, out) = estafette_stdin(&["user", "add", "dave", "--address", "dave@example.test", "--password-stdin", "--data-dir", &d], "short\n");
+    assert!(!ok && out.contains("at least 6"), "{out}");
+    let (ok, out) = estafette_stdin(&["user", "passwd", "bob", "--password-stdin", "--data-dir", &d], "not-the-password\nsecond-pass\n");
+    assert!(!ok && out.contains("authentication failed"), "{out}");
+
+    let (ok, out) = estafette_stdin(&["user", "passwd", "bob", "--rotate", "--password-stdin", "--data-dir", &d], "first-pass\nsecond-pass\n");
+    assert!(ok && out.contains("master key rotated"), "{out}");
+    let users = std::fs::read_to_string(dir.path().join("users.toml")).unwrap();
+    assert!(!users.contains("first-pass") && !users.contains("second-pass"), "only hashes in the users file");
+
+    let (ok, out) = estafette_stdin(&["user", "delete", "bob", "--data-dir", &d], "");
+    assert!(!ok && out.contains("--yes"), "{out}");
+    let (ok, out) = estafette(&["user", "delete", "bob", "--yes", "--data-dir", &d]);
+    assert!(ok, "{out}");
+    let (_, out) = estafette(&["user", "list", "--data-dir", &d]);
+    assert!(!out.contains("bob"), "{out}");
+}

@@ -138,6 +138,19 @@ async fn kill_and_restart_a_region() {
     }
     assert_eq!(text.matches(" up ").count(), 3, "{text}");
 
+    // The supervisor creates the demo user through node 1; node 3 serves the
+    // same users file.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Response::Users { users }) = call(&sock(&dir, 3), &Request::UserList).await {
+            if users.iter().any(|u| u.login == "alice") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no demo user");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Write through node 1, read through node 3.
     put(&dir, 1, "before", b"written with all up").await.unwrap();
     assert_eq!(get(&dir, 3, "before").await.as_deref(), Some(&b"written with all up"[..]));

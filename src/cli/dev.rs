@@ -108,7 +108,9 @@ fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
             metrics: Some(SocketAddr::new(node_ip(i), args.metrics_port)),
         },
         tls: None,
-        users: UsersConfig::default(),
+        users: UsersConfig {
+            file: Some(dir.join("users.toml")),
+        },
         source: nd.join("estafette.toml"),
     }
 }
@@ -164,11 +166,65 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         let config = configs.remove(0);
         let pid = node_dir(&dir, 1).join("pid");
         std::fs::write(&pid, std::process::id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
-        let result = crate::server::run(config).await.map_err(|e| e.to_string());
+        let result = async {
+            let server = crate::server::Server::start(&config).await.map_err(|e| e.to_string())?;
+            if let Some(accounts) = &server.accounts {
+                server.node.wait_ready(Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
+                if accounts.directory().user(DEMO_LOGIN).is_none() {
+                    accounts
+                        .add_user(DEMO_LOGIN, DEMO_PASSWORD, &[DEMO_ADDRESS.to_string()], Some("region-1".into()))
+                        .await
+                        .map_err(|e| format!("creating the demo user: {e}"))?;
+                }
+                print_demo_user();
+            }
+            crate::server::serve_until_signal(server).await.map_err(|e| e.to_string())
+        }
+        .await;
         let _ = std::fs::remove_file(&pid);
         return result;
     }
     supervise(&dir, &configs).await
+}
+
+const DEMO_LOGIN: &str = "alice";
+const DEMO_PASSWORD: &str = "hunter2";
+const DEMO_ADDRESS: &str = "alice@example.test";
+
+fn print_demo_user() {
+    println!("  demo user: login `{DEMO_LOGIN}`, password `{DEMO_PASSWORD}`, address {DEMO_ADDRESS}");
+}
+
+/// Creates the demo user through node 1 once the cluster is ready.
+async fn ensure_demo_user_remote(dir: &Path) -> Result<(), String> {
+    use crate::server::admin::{call, Request, Response};
+    let sock = node_dir(dir, 1).join("meta").join("admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Response::Status(s)) = call(&sock, &Request::Status).await {
+            if s.layout_version > 0 && s.partitions > 0 && s.partitions_with_quorum == s.partitions {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the cluster did not become ready within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match call(&sock, &Request::UserList).await.map_err(|e| e.to_string())? {
+        Response::Users { users } if users.iter().any(|u| u.login == DEMO_LOGIN) => {}
+        _ => {
+            let add = Request::UserAdd {
+                login: DEMO_LOGIN.into(),
+                password: DEMO_PASSWORD.into(),
+                addresses: vec![DEMO_ADDRESS.into()],
+                home_region: Some("region-1".into()),
+            };
+            call(&sock, &add).await.map_err(|e| format!("creating the demo user: {e}"))?;
+        }
+    }
+    print_demo_user();
+    Ok(())
 }
 
 /// Runs one `estafette server` process per node until we are told to stop
@@ -191,10 +247,18 @@ async fn supervise(dir: &Path, configs: &[Config]) -> Result<(), String> {
         std::fs::write(&pid, child.id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
         children.push((i, child));
     }
+    let mut demo = Box::pin(ensure_demo_user_remote(dir));
+    let mut demo_done = false;
     let outcome = loop {
         tokio::select! {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
+            r = &mut demo, if !demo_done => {
+                demo_done = true;
+                if let Err(e) = r {
+                    log::error!("{e}");
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 // A node killed on purpose (tests, demos of region loss) is
                 // reported but does not end the appliance.

@@ -4,6 +4,8 @@
 mod bench;
 mod cluster;
 mod dev;
+mod node;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,11 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
+    },
+    /// User administration (talks to a running node).
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
     },
     /// Benchmarks.
     Bench {
@@ -97,6 +104,7 @@ pub fn main() -> ExitCode {
                 Ok(())
             }
             Command::Cluster { command } => cluster::run(command).await,
+            Command::User { command } => user::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }
     });

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::accounts::{Accounts, AccountsError};
 use crate::storage::{ClusterStatus, Node, UserId};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +29,11 @@ pub enum Request {
     ItemGet { user: String, partition: String, sort_key: String },
     BlobPut { user: String, key: String, value: String },
     BlobGet { user: String, key: String },
+    /// User administration (the password travels over this owner-only socket).
+    UserAdd { login: String, password: String, addresses: Vec<String>, home_region: Option<String> },
+    UserPasswd { login: String, current: String, new: String, rotate: bool },
+    UserDelete { login: String },
+    UserList,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,7 +45,16 @@ pub enum Response {
     /// Live sibling values (hex); None if the item does not exist.
     Item { values: Option<Vec<String>> },
     Blob { value: Option<String> },
+    Users { users: Vec<UserInfo> },
     Error { message: String },
+}
+
+/// What `user list` shows (no password hashes).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub login: String,
+    pub addresses: Vec<String>,
+    pub home_region: Option<String>,
 }
 
 /// Errors of the CLI side.
@@ -54,7 +69,11 @@ pub enum AdminError {
 }
 
 /// Serves admin requests until the task is dropped.
-pub async fn serve(path: PathBuf, node: Arc<Node>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    path: PathBuf,
+    node: Arc<Node>,
+    accounts: Option<Arc<Accounts>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // A socket left by a node that died is in the way; a live one answers.
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
@@ -74,8 +93,9 @@ pub async fn serve(path: PathBuf, node: Arc<Node>) -> std::io::Result<tokio::tas
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let node = node.clone();
+            let accounts = accounts.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &node).await {
+                if let Err(e) = handle(stream, &node, accounts.as_deref()).await {
                     log::debug!("admin connection: {e}");
                 }
             });
@@ -83,7 +103,7 @@ pub async fn serve(path: PathBuf, node: Arc<Node>) -> std::io::Result<tokio::tas
     }))
 }
 
-async fn handle(stream: UnixStream, node: &Node) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
@@ -94,6 +114,17 @@ async fn handle(stream: UnixStream, node: &Node) -> std::io::Result<()> {
                 Ok(version) => Response::LayoutApplied { version },
                 Err(e) => Response::Error { message: e.to_string() },
             },
+            Ok(
+                req @ (Request::UserAdd { .. }
+                | Request::UserPasswd { .. }
+                | Request::UserDelete { .. }
+                | Request::UserList),
+            ) => match accounts {
+                Some(a) => user_admin(a, req).await.unwrap_or_else(|e| Response::Error { message: e.to_string() }),
+                None => Response::Error {
+                    message: "this node has no users file ([users] file in its configuration)".into(),
+                },
+            },
             Ok(probe) => store_probe(node, probe).await.unwrap_or_else(|message| Response::Error { message }),
         };
         let mut out = serde_json::to_vec(&resp).unwrap_or_default();
@@ -101,6 +132,32 @@ async fn handle(stream: UnixStream, node: &Node) -> std::io::Result<()> {
         w.write_all(&out).await?;
     }
     Ok(())
+}
+
+async fn user_admin(accounts: &Accounts, req: Request) -> Result<Response, AccountsError> {
+    match req {
+        Request::UserAdd { login, password, addresses, home_region } => {
+            accounts.add_user(&login, &password, &addresses, home_region).await?;
+            Ok(Response::Done)
+        }
+        Request::UserPasswd { login, current, new, rotate } => {
+            accounts.change_password(&login, &current, &new, rotate).await?;
+            Ok(Response::Done)
+        }
+        Request::UserDelete { login } => {
+            accounts.delete_user(&login).await?;
+            Ok(Response::Done)
+        }
+        Request::UserList => Ok(Response::Users {
+            users: accounts
+                .directory()
+                .users()
+                .into_iter()
+                .map(|u| UserInfo { login: u.login, addresses: u.addresses, home_region: u.home_region })
+                .collect(),
+        }),
+        _ => Err(AccountsError::Invalid("not a user request".into())),
+    }
 }
 
 async fn store_probe(node: &Node, req: Request) -> Result<Response, String> {
@@ -133,7 +190,7 @@ async fn store_probe(node: &Node, req: Request) -> Result<Response, String> {
             let blob = store.get_blob_bytes(&user(&u)?, &key).await.map_err(e)?;
             Ok(Response::Blob { value: blob.map(hex::encode) })
         }
-        Request::Status | Request::LayoutApply => Err("not a store probe".into()),
+        _ => Err("not a store probe".into()),
     }
 }
 
@@ -149,9 +206,9 @@ pub async fn call(path: &Path, req: &Request) -> Result<Response, AdminError> {
     line.push(b'\n');
     w.write_all(&line).await.map_err(|e| proto(e.to_string()))?;
     let mut lines = BufReader::new(r).lines();
-    let answer = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+    let answer = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
         .await
-        .map_err(|_| proto("no answer within 60 s".into()))?
+        .map_err(|_| proto("no answer within 10 minutes".into()))?
         .map_err(|e| proto(e.to_string()))?
         .ok_or_else(|| proto("connection closed without an answer".into()))?;
     match serde_json::from_str(&answer).map_err(|e| proto(e.to_string()))? {

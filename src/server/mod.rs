@@ -9,13 +9,17 @@ mod metrics;
 
 use std::sync::Arc;
 
+use crate::accounts::{Accounts, AccountsError, UsersFile};
 use crate::config::Config;
+use crate::crypto::KdfParams;
 use crate::storage::{Node, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
     #[error("admin socket {path}: {source}")]
     Admin { path: String, source: std::io::Error },
     #[error("metrics listener {addr}: {source}")]
@@ -27,6 +31,8 @@ pub enum ServerError {
 /// A running appliance node; `stop` shuts it down cleanly.
 pub struct Server {
     pub node: Arc<Node>,
+    /// Present when the configuration names a users file.
+    pub accounts: Option<Arc<Accounts>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     admin_socket: std::path::PathBuf,
 }
@@ -35,9 +41,28 @@ impl Server {
     /// Starts every layer of one node from its configuration.
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
         let node = Arc::new(Node::start(config).await?);
-        let admin_socket = config.admin_socket();
         let mut tasks = vec![];
-        tasks.push(admin::serve(admin_socket.clone(), node.clone()).await.map_err(|source| {
+        let accounts = match &config.users.file {
+            Some(path) => {
+                let users = Arc::new(UsersFile::open(path)?);
+                tasks.push(users.spawn_watcher(std::time::Duration::from_secs(2)));
+                let accounts = Arc::new(Accounts::new(users, node.store(), KdfParams::default()));
+                let sweeper = Arc::downgrade(&accounts);
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        match sweeper.upgrade() {
+                            Some(a) => a.sweep_cache(),
+                            None => return,
+                        }
+                    }
+                }));
+                Some(accounts)
+            }
+            None => None,
+        };
+        let admin_socket = config.admin_socket();
+        tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone()).await.map_err(|source| {
             ServerError::Admin {
                 path: admin_socket.display().to_string(),
                 source,
@@ -58,7 +83,7 @@ impl Server {
             admin_socket.display(),
             config.listen.metrics.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default(),
         );
-        Ok(Server { node, tasks, admin_socket })
+        Ok(Server { node, accounts, tasks, admin_socket })
     }
 
     /// Stops listeners, then the storage node.
@@ -74,16 +99,30 @@ impl Server {
 
 /// Runs a node until SIGINT or SIGTERM, then shuts it down cleanly.
 pub async fn run(config: Config) -> Result<(), ServerError> {
+    let server = Server::start(&config).await?;
+    serve_until_signal(server).await
+}
+
+/// Keeps a started node running until SIGINT or SIGTERM (SIGHUP rereads
+/// the users file), then shuts it down cleanly.
+pub async fn serve_until_signal(server: Server) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
-    let server = Server::start(&config).await?;
     loop {
         tokio::select! {
             _ = sigint.recv() => { log::info!("SIGINT: shutting down"); break }
             _ = sigterm.recv() => { log::info!("SIGTERM: shutting down"); break }
-            _ = sighup.recv() => { log::info!("SIGHUP: nothing to reload yet"); }
+            _ = sighup.recv() => {
+                match &server.accounts {
+                    Some(a) => match a.users_file().reload() {
+                        Ok(()) => log::info!("SIGHUP: users file reloaded"),
+                        Err(e) => log::error!("SIGHUP: {e}; keeping the previous users"),
+                    },
+                    None => log::info!("SIGHUP: no users file to reload"),
+                }
+            }
         }
     }
     server.stop().await;

@@ -103,7 +103,7 @@ pub struct RangeMarker(String);
 const PAGE: usize = 1000;
 
 impl Store {
-    fn partition(&self, user: &UserId, partition: &str) -> K2VItemPartition {
+    pub(super) fn partition(&self, user: &UserId, partition: &str) -> K2VItemPartition {
         K2VItemPartition {
             bucket_id: self.bucket,
             partition_key: user.scoped(partition),

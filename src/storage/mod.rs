@@ -14,6 +14,7 @@
 
 mod blobs;
 mod items;
+mod listing;
 pub mod local;
 pub mod node;
 mod nodekey;
