@@ -13,6 +13,7 @@
 //! callers give it bytes and a context string that binds each ciphertext to
 //! where it is stored, so ciphertexts cannot be swapped between places.
 
+mod compress;
 mod kdf;
 mod keys;
 mod stream;

@@ -18,7 +18,6 @@ use super::{CryptoError, MasterKey};
 pub const CHUNK_SIZE: usize = 256 * 1024;
 const VERSION: u8 = 1;
 const HEADER: usize = 17;
-const FLAG_ZSTD: u8 = 1;
 const MAX_FRAME: usize = CHUNK_SIZE + 1024;
 
 struct Frames {
@@ -74,17 +73,7 @@ impl BlobEncryptor {
     }
 
     fn frame(&mut self, chunk: &[u8], last: bool, out: &mut Vec<u8>) {
-        let mut body = Vec::with_capacity(chunk.len() + 1);
-        match zstd::bulk::compress(chunk, 3) {
-            Ok(c) if c.len() + 8 < chunk.len() => {
-                body.push(FLAG_ZSTD);
-                body.extend_from_slice(&c);
-            }
-            _ => {
-                body.push(0);
-                body.extend_from_slice(chunk);
-            }
-        }
+        let body = super::compress::pack(chunk);
         let (nonce, aad) = self.frames.nonce_aad(last);
         let ct = self
             .frames
@@ -200,13 +189,7 @@ impl BlobDecryptor {
             let (body, last) = opened.ok_or(CryptoError::Corrupt("blob frame does not authenticate"))?;
             frames.index += 1;
             self.done = last;
-            match body.first() {
-                Some(&0) => out.extend_from_slice(&body[1..]),
-                Some(&FLAG_ZSTD) => out.extend(
-                    zstd::bulk::decompress(&body[1..], CHUNK_SIZE).map_err(|_| CryptoError::Corrupt("bad compressed frame"))?,
-                ),
-                _ => return Err(CryptoError::Corrupt("unknown frame flags")),
-            }
+            out.extend(super::compress::unpack(&body, CHUNK_SIZE)?);
         }
     }
 

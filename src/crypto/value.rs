@@ -11,7 +11,6 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use super::{CryptoError, MasterKey};
 
 const VERSION: u8 = 1;
-const FLAG_ZSTD: u8 = 1;
 /// Values are items: anything that inflates past this was not written by us.
 const MAX_PLAINTEXT: usize = 64 << 20;
 
@@ -23,17 +22,7 @@ fn aad(context: &[u8]) -> Vec<u8> {
 
 /// Compresses `plaintext` if that helps, then encrypts it under `key`.
 pub fn seal_value(key: &MasterKey, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(plaintext.len() + 1);
-    match zstd::bulk::compress(plaintext, 3) {
-        Ok(c) if c.len() + 8 < plaintext.len() => {
-            body.push(FLAG_ZSTD);
-            body.extend_from_slice(&c);
-        }
-        _ => {
-            body.push(0);
-            body.extend_from_slice(plaintext);
-        }
-    }
+    let body = super::compress::pack(plaintext);
     let nonce: [u8; 24] = rand::random();
     let ct = XChaCha20Poly1305::new((&key.0).into())
         .encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &aad(context) })
@@ -56,13 +45,7 @@ pub fn open_value(key: &MasterKey, context: &[u8], sealed: &[u8]) -> Result<Vec<
     let body = XChaCha20Poly1305::new((&key.0).into())
         .decrypt(XNonce::from_slice(&sealed[1..25]), Payload { msg: &sealed[25..], aad: &aad(context) })
         .map_err(|_| CryptoError::Corrupt("value does not authenticate"))?;
-    match body.first() {
-        Some(&0) => Ok(body[1..].to_vec()),
-        Some(&FLAG_ZSTD) => {
-            zstd::bulk::decompress(&body[1..], MAX_PLAINTEXT).map_err(|_| CryptoError::Corrupt("bad compressed value"))
-        }
-        _ => Err(CryptoError::Corrupt("unknown value flags")),
-    }
+    super::compress::unpack(&body, MAX_PLAINTEXT)
 }
 
 #[cfg(test)]
