@@ -6,6 +6,7 @@
 //! ```text
 //! cli      clap commands (server, dev, config, cluster, bench)
 //! server   wiring: config -> storage -> accounts -> ...; admin socket, metrics, signals
+//! mail     the mailbox engine: logs, sequencer, UID/MODSEQ index
 //! accounts user directory, authentication, key unlock and cache, throttling
 //! crypto   key hierarchy and sealing, nothing else
 //! storage  the embedded Garage node and the Store API (items, blobs, peer RPC)
@@ -20,5 +21,6 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod logging;
+pub mod mail;
 pub mod server;
 pub mod storage;

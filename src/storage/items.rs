@@ -177,6 +177,24 @@ impl Store {
 
     /// Reads the live (not deleted) items of a partition in sort-key order.
     pub async fn range(&self, user: &UserId, partition: &str, range: &Range) -> Result<Vec<Item>, StorageError> {
+        self.range_inner(user, partition, range, false).await
+    }
+
+    /// Like `range`, but every item returned is on a quorum of replicas
+    /// before this returns (Garage's read repair): once seen by anyone, an
+    /// item is seen by every later quorum read. Costs an extra write round
+    /// only when replicas disagreed.
+    pub async fn range_monotonic(&self, user: &UserId, partition: &str, range: &Range) -> Result<Vec<Item>, StorageError> {
+        self.range_inner(user, partition, range, true).await
+    }
+
+    async fn range_inner(
+        &self,
+        user: &UserId,
+        partition: &str,
+        range: &Range,
+        monotonic: bool,
+    ) -> Result<Vec<Item>, StorageError> {
         if let (Some(p), Some(s)) = (&range.prefix, &range.start) {
             if !s.starts_with(p.as_str()) {
                 return Err(StorageError::Invalid(format!("range start `{s}` is outside prefix `{p}`")));
@@ -193,12 +211,12 @@ impl Store {
         let mut out = Vec::new();
         while out.len() < limit {
             let want = PAGE.min((limit - out.len()).saturating_add(1));
-            let page = self
-                .garage
-                .k2v
-                .item_table
-                .get_range(&part, cursor.clone(), filter, want, EnumerationOrder::Forward)
-                .await?;
+            let table = &self.garage.k2v.item_table;
+            let page = if monotonic {
+                table.get_range_monotonic(&part, cursor.clone(), filter, want, EnumerationOrder::Forward).await?
+            } else {
+                table.get_range(&part, cursor.clone(), filter, want, EnumerationOrder::Forward).await?
+            };
             let full = page.len() >= want;
             for it in &page {
                 if skip.as_deref() == Some(it.sort_key.as_str()) {

@@ -1,0 +1,454 @@
+//! One mailbox as one node serves it: the settled view (what clients may
+//! see), and, on the node that sequences it, the sequencer.
+//!
+//! The protocol (docs/consistency.md argues it):
+//! - **Sequencing**: the sequencer of epoch E writes entry (E, n) with a
+//!   quorum write, then reads the announcements; only if none is above E
+//!   does it acknowledge (group commit: one entry carries every op queued
+//!   meanwhile).
+//! - **Takeover**: announce E' (quorum write), then read the log with read
+//!   repair, then write Start(E', prev = (head, last contiguous entry)),
+//!   then check the announcements again.
+//! - **Reading**: a node makes entries visible only after reading them with
+//!   read repair *and then* finding no announcement above the head without
+//!   its start.
+//!
+//! Together: whatever was acknowledged or shown is on a quorum before any
+//! later takeover reads the log, so every later fence includes it; what a
+//! deposed sequencer wrote afterwards lies beyond the fence and is void for
+//! everyone. The chain is never forked, so UIDs are never renumbered and
+//! no clock is trusted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, Mutex};
+
+use super::chain::{encode, is_prefix, Link, Records};
+use super::index::MailboxIndex;
+use super::log::{LogError, LogStorage};
+use super::model::{keys, Announcement, Entry, Epoch, NodeSlot, Op, OpId, Outcome, Start};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MailError {
+    /// Retry later: no quorum, a takeover in progress, a node unreachable.
+    #[error("mailbox temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// The operation itself is refused (e.g. too many keywords).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("mailbox damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<LogError> for MailError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Unavailable(m) => MailError::Unavailable(m),
+            LogError::Corrupt(m) => MailError::Corrupt(m),
+        }
+    }
+}
+
+impl From<super::chain::ChainError> for MailError {
+    fn from(e: super::chain::ChainError) -> Self {
+        MailError::Corrupt(e.to_string())
+    }
+}
+
+/// Deliberate protocol bugs, for showing that the simulation's oracle
+/// catches them. Never set outside tests.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mutation {
+    /// Acknowledge without checking for a newer announcement.
+    SkipAnnouncementCheck,
+    /// Read without read repair.
+    NoReadRepair,
+    /// Show entries even while a takeover is pending.
+    IgnorePending,
+    /// Fence one entry short of what was read.
+    EarlyFence,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node's slot (its epochs carry it).
+    pub node: NodeSlot,
+    /// Bound on each storage call and forwarded request.
+    pub timeout: Duration,
+    /// Forwarding attempts before taking over.
+    pub forward_attempts: u32,
+    /// UIDVALIDITY for mailboxes this node creates.
+    pub uidvalidity: u32,
+    pub mutation: Option<Mutation>,
+}
+
+/// How a node reaches another node's sequencer.
+#[async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Asks `node` to sequence `ops` in `mailbox`.
+    async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError>;
+}
+
+/// What clients may see: a settled prefix of the chain, applied.
+#[derive(Clone, Debug)]
+struct View {
+    chain: Vec<Link>,
+    index: MailboxIndex,
+}
+
+struct Active {
+    epoch: Epoch,
+    next_seq: u64,
+    /// Set while an entry is being written and checked. Still set on the
+    /// next call means the last call was cancelled midway (its caller went
+    /// away): that entry may or may not have landed, so the epoch ends.
+    in_flight: bool,
+}
+
+struct Inner {
+    records: Records,
+    view: Option<View>,
+    active: Option<Active>,
+    /// A takeover seen pending, and since when.
+    pending: Option<(Epoch, tokio::time::Instant)>,
+}
+
+type Waiter = (Vec<(OpId, Op)>, oneshot::Sender<Result<Vec<Outcome>, MailError>>);
+
+pub struct Mailbox<S: LogStorage, P: Peers> {
+    id: String,
+    cfg: EngineConfig,
+    storage: Arc<S>,
+    peers: Arc<P>,
+    inner: Mutex<Inner>,
+    queue: std::sync::Mutex<Vec<Waiter>>,
+}
+
+/// Entries of `new` not covered by `old` (a prefix of it), in order.
+fn entries_after<'a>(records: &'a Records, old: &[Link], new: &[Link]) -> Vec<&'a Entry> {
+    let mut out = vec![];
+    for (i, link) in new.iter().enumerate() {
+        let from = old.get(i).map_or(1, |o| o.upto + 1);
+        for s in from..=link.upto {
+            if let Some(e) = records.entries.get(&(link.epoch, s)) {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+impl<S: LogStorage, P: Peers> Mailbox<S, P> {
+    pub fn new(id: &str, cfg: EngineConfig, storage: Arc<S>, peers: Arc<P>) -> Self {
+        Mailbox {
+            id: id.to_string(),
+            cfg,
+            storage,
+            peers,
+            inner: Mutex::new(Inner {
+                records: Records::default(),
+                view: None,
+                active: None,
+                pending: None,
+            }),
+            queue: std::sync::Mutex::new(vec![]),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn mutated(&self, m: Mutation) -> bool {
+        self.cfg.mutation == Some(m)
+    }
+
+    async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T, LogError>>) -> Result<T, MailError> {
+        match tokio::time::timeout(self.cfg.timeout, f).await {
+            Ok(r) => r.map_err(MailError::from),
+            Err(_) => Err(MailError::Unavailable("storage did not answer in time".into())),
+        }
+    }
+
+    async fn read_into(&self, inner: &mut Inner, prefix: &str, from: &str) -> Result<(), MailError> {
+        let monotonic = !self.mutated(Mutation::NoReadRepair);
+        let recs = self.timed(self.storage.read(&self.id, prefix, from, monotonic)).await?;
+        for (k, v) in &recs {
+            inner.records.ingest(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// The first entry key worth reading: the first the chain lacks, or the
+    /// one after the head's last.
+    fn entry_read_start(records: &Records) -> String {
+        match records.chain() {
+            Some(chain) => match records.first_missing(&chain) {
+                Some((e, s)) => keys::entry(e, s),
+                None => {
+                    let head = chain.last().map_or(Epoch::default(), |l| l.epoch);
+                    keys::entry(head, records.contiguous(head) + 1)
+                }
+            },
+            None => keys::ENTRY.to_string(),
+        }
+    }
+
+    /// Reads entries, then starts and announcements, until the chain they
+    /// define is complete. Returns the chain (None: no mailbox yet).
+    async fn read_log(&self, inner: &mut Inner) -> Result<Option<Vec<Link>>, MailError> {
+        for _ in 0..16 {
+            let from = Self::entry_read_start(&inner.records);
+            self.read_into(inner, keys::ENTRY, &from).await?;
+            // After the entries: what decides whether they may be shown.
+            self.read_into(inner, keys::START, keys::START).await?;
+            self.read_into(inner, keys::ANNOUNCE, keys::ANNOUNCE).await?;
+            match inner.records.chain() {
+                None if inner.records.starts.is_empty() => return Ok(None),
+                None => continue,
+                Some(chain) if inner.records.first_missing(&chain).is_some() => continue,
+                Some(chain) => return Ok(Some(chain)),
+            }
+        }
+        Err(MailError::Unavailable("the log did not settle".into()))
+    }
+
+    /// Moves the view forward to `chain`.
+    fn advance(&self, inner: &mut Inner, chain: Vec<Link>) {
+        let uidvalidity = chain
+            .first()
+            .and_then(|root| inner.records.starts.get(&root.epoch))
+            .map_or(self.cfg.uidvalidity, |s| s.uidvalidity);
+        let view = match inner.view.take() {
+            Some(mut v) if is_prefix(&v.chain, &chain) => {
+                for e in entries_after(&inner.records, &v.chain, &chain) {
+                    v.index.apply(e);
+                }
+                v.chain = chain;
+                v
+            }
+            old => {
+                if old.is_some() {
+                    // Cannot happen if the protocol holds; rebuild rather than
+                    // serve a state that is not the chain's.
+                    log::error!("mailbox {}: the settled view is not a prefix of the log's chain; rebuilding", self.id);
+                }
+                let mut index = MailboxIndex::new(uidvalidity);
+                for e in inner.records.entries_of(&chain) {
+                    index.apply(e);
+                }
+                View { chain, index }
+            }
+        };
+        if let Some(a) = &inner.active {
+            if view.chain.last().map(|l| l.epoch) != Some(a.epoch) {
+                inner.active = None; // someone took over
+            }
+        }
+        inner.view = Some(view);
+    }
+
+    /// Brings the view up to date with everything settled in storage, so
+    /// that it includes whatever any client saw anywhere before this call.
+    /// While a takeover is pending that cannot be known: the call fails
+    /// (the client retries), and if the takeover stays pending longer than
+    /// the timeout (its node died), this node takes over to settle the log.
+    pub async fn refresh(&self) -> Result<(), MailError> {
+        let mut inner = self.inner.lock().await;
+        let Some(chain) = self.read_log(&mut inner).await? else {
+            return Ok(());
+        };
+        let head = chain.last().map_or(Epoch::default(), |l| l.epoch);
+        match inner.records.pending_above(head) {
+            Some(p) if !self.mutated(Mutation::IgnorePending) => {
+                let now = tokio::time::Instant::now();
+                let since = match inner.pending {
+                    Some((e, t)) if e == p => t,
+                    _ => {
+                        inner.pending = Some((p, now));
+                        now
+                    }
+                };
+                if now.duration_since(since) < self.cfg.timeout {
+                    return Err(MailError::Unavailable("a takeover of this mailbox is in progress".into()));
+                }
+                inner.active = None;
+                self.take_over(&mut inner).await
+            }
+            _ => {
+                inner.pending = None;
+                self.advance(&mut inner, chain);
+                Ok(())
+            }
+        }
+    }
+
+    /// The settled state (None: the mailbox has no log yet).
+    pub async fn snapshot(&self) -> Option<MailboxIndex> {
+        self.inner.lock().await.view.as_ref().map(|v| v.index.clone())
+    }
+
+    /// Runs `f` on the settled state without copying it.
+    pub async fn with_view<T>(&self, f: impl FnOnce(Option<&MailboxIndex>) -> T) -> T {
+        let inner = self.inner.lock().await;
+        f(inner.view.as_ref().map(|v| &v.index))
+    }
+
+    /// The node that sequences this mailbox, as far as this node knows.
+    pub async fn sequencer(&self) -> Option<NodeSlot> {
+        let inner = self.inner.lock().await;
+        if inner.active.is_some() {
+            return Some(self.cfg.node);
+        }
+        inner.records.head().map(|h| h.node)
+    }
+
+    /// Every op id of the settled chain, in order (for checks and tests).
+    pub async fn settled_ops(&self) -> Vec<OpId> {
+        let inner = self.inner.lock().await;
+        match &inner.view {
+            Some(v) => inner.records.entries_of(&v.chain).flat_map(|e| e.ops.iter().map(|(id, _)| *id)).collect(),
+            None => vec![],
+        }
+    }
+
+    /// Becomes the sequencer: announce, read (with repair), start, check.
+    async fn take_over(&self, inner: &mut Inner) -> Result<(), MailError> {
+        let _ = self.read_log(inner).await?;
+        let epoch = Epoch::new(inner.records.max_counter() + 1, self.cfg.node);
+        let ann = Announcement { epoch, node: self.cfg.node };
+        self.timed(self.storage.put(&self.id, &keys::announce(epoch), encode(&ann))).await?;
+        inner.records.announcements.insert(epoch, ann);
+
+        let chain = self.read_log(inner).await?;
+        if inner.records.announced_above(epoch) {
+            return Err(MailError::Unavailable("another node is taking over this mailbox".into()));
+        }
+        let (prev, uidvalidity) = match &chain {
+            Some(chain) => {
+                let head = chain.last().copied().unwrap_or(Link { epoch: Epoch::default(), upto: 0 });
+                let fence = if self.mutated(Mutation::EarlyFence) { head.upto.saturating_sub(1) } else { head.upto };
+                let root = chain.first().and_then(|l| inner.records.starts.get(&l.epoch));
+                (Some((head.epoch, fence)), root.map_or(self.cfg.uidvalidity, |s| s.uidvalidity))
+            }
+            None => (None, self.cfg.uidvalidity),
+        };
+        let start = Start { epoch, node: self.cfg.node, prev, uidvalidity };
+        self.timed(self.storage.put(&self.id, &keys::start(epoch), encode(&start))).await?;
+        self.read_into(inner, keys::ANNOUNCE, keys::ANNOUNCE).await?;
+        if inner.records.announced_above(epoch) {
+            return Err(MailError::Unavailable("another node is taking over this mailbox".into()));
+        }
+        inner.records.starts.insert(epoch, start);
+        let chain = inner.records.chain().ok_or_else(|| MailError::Corrupt("chain broken after takeover".into()))?;
+        inner.active = Some(Active { epoch, next_seq: 1, in_flight: false });
+        self.advance(inner, chain);
+        log::debug!("mailbox {}: node {} sequences in epoch {:?}", self.id, self.cfg.node, epoch);
+        Ok(())
+    }
+
+    /// Orders `ops` on this node (taking over if it is not the sequencer).
+    /// Concurrent callers share one log entry (group commit).
+    pub async fn sequence(&self, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut q) = self.queue.lock() {
+            q.push((ops, tx));
+        }
+        {
+            let mut inner = self.inner.lock().await;
+            let batch: Vec<Waiter> = match self.queue.lock() {
+                Ok(mut q) => std::mem::take(&mut *q),
+                Err(_) => vec![],
+            };
+            if !batch.is_empty() {
+                let all: Vec<(OpId, Op)> = batch.iter().flat_map(|(ops, _)| ops.iter().cloned()).collect();
+                let result = self.sequence_locked(&mut inner, all).await;
+                let mut offset = 0;
+                for (ops, tx) in batch {
+                    let mine = result.as_ref().map(|o| o[offset..offset + ops.len()].to_vec()).map_err(Clone::clone);
+                    offset += ops.len();
+                    let _ = tx.send(mine);
+                }
+            }
+        }
+        rx.await.unwrap_or_else(|_| Err(MailError::Unavailable("sequencer stopped".into())))
+    }
+
+    async fn sequence_locked(&self, inner: &mut Inner, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+        if inner.active.as_ref().is_some_and(|a| a.in_flight) {
+            inner.active = None;
+        }
+        if inner.active.is_none() {
+            self.take_over(inner).await?;
+        }
+        let epoch = inner.active.as_ref().map(|a| a.epoch).unwrap_or_default();
+        let seq = inner.active.as_ref().map_or(1, |a| a.next_seq);
+        {
+            let view = inner.view.as_ref().ok_or_else(|| MailError::Corrupt("no view after takeover".into()))?;
+            for (_, op) in &ops {
+                view.index.check(op).map_err(|e| MailError::Invalid(e.to_string()))?;
+            }
+        }
+        let entry = Entry { epoch, seq, ops };
+        if let Some(a) = inner.active.as_mut() {
+            a.in_flight = true;
+        }
+        if let Err(e) = self.timed(self.storage.put(&self.id, &keys::entry(epoch, seq), encode(&entry))).await {
+            // A write in doubt may still land: this epoch cannot go on
+            // (its next entry would follow a possible gap).
+            inner.active = None;
+            return Err(e);
+        }
+        if !self.mutated(Mutation::SkipAnnouncementCheck) {
+            if let Err(e) = self.read_into(inner, keys::ANNOUNCE, keys::ANNOUNCE).await {
+                inner.active = None;
+                return Err(e);
+            }
+            if inner.records.announced_above(epoch) {
+                inner.active = None;
+                return Err(MailError::Unavailable("this node's sequencer was superseded".into()));
+            }
+        }
+        if let Some(a) = inner.active.as_mut() {
+            a.next_seq += 1;
+            a.in_flight = false;
+        }
+        let outcomes: Vec<Outcome> = {
+            let view = inner.view.as_mut().ok_or_else(|| MailError::Corrupt("no view".into()))?;
+            let out = view.index.apply(&entry).into_iter().map(|(_, o)| o).collect();
+            if let Some(last) = view.chain.last_mut() {
+                last.upto = seq;
+            }
+            out
+        };
+        inner.records.entries.insert((epoch, seq), entry);
+        Ok(outcomes)
+    }
+
+    /// What a client's operation goes through on any node: sent to the
+    /// sequencer (this node or another); if that node cannot be reached
+    /// after a few tries, this node takes over.
+    pub async fn submit(&self, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+        for _ in 0..self.cfg.forward_attempts {
+            let target = self.sequencer().await;
+            match target {
+                None => return self.sequence(ops).await,
+                Some(n) if n == self.cfg.node => return self.sequence(ops).await,
+                Some(n) => {
+                    let sent = tokio::time::timeout(self.cfg.timeout, self.peers.forward(n, &self.id, ops.clone())).await;
+                    match sent {
+                        Ok(Ok(outcomes)) => return Ok(outcomes),
+                        Ok(Err(e @ MailError::Invalid(_))) => return Err(e),
+                        _ => {
+                            // Perhaps another node took over meanwhile.
+                            let _ = self.refresh().await;
+                        }
+                    }
+                }
+            }
+        }
+        self.sequence(ops).await
+    }
+}
