@@ -32,6 +32,17 @@ impl UserKeys {
         UserKeys { user, bundle }
     }
 
+    /// The keys as bytes, to hand them to the node sequencing this user's
+    /// mailboxes (over the encrypted node RPC, while the user has sessions).
+    pub fn export(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.bundle.to_bytes()
+    }
+
+    /// Keys received from another node.
+    pub fn import(user: UserId, bytes: &[u8]) -> Result<UserKeys, CryptoError> {
+        Ok(UserKeys { user, bundle: KeyBundle::from_bytes(bytes)? })
+    }
+
     pub(super) fn bundle(&self) -> &KeyBundle {
         &self.bundle
     }

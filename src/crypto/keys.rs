@@ -118,18 +118,49 @@ impl KeyBundle {
         }
     }
 
-    /// Seals the bundle under a key derived from `password` with `kdf`.
-    pub fn lock(&self, password: &[u8], kdf: KdfParams) -> Result<LockedKeys, CryptoError> {
-        let salt: [u8; 16] = rand::random();
-        let kek = kdf.derive(password, &salt)?;
-        let nonce: [u8; 24] = rand::random();
-        // Fixed layout, secret || master [|| previous], in a buffer zeroised on drop.
+    /// The raw bundle (secret || master [|| previous]), for handing a
+    /// user's keys to the node that sequences their mailboxes over the
+    /// encrypted node-to-node RPC. Zeroised on drop.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut wire = Zeroizing::new(Vec::with_capacity(96));
         wire.extend_from_slice(&self.secret);
         wire.extend_from_slice(&self.master.0);
         if let Some(p) = &self.previous {
             wire.extend_from_slice(&p.0);
         }
+        wire
+    }
+
+    /// Undoes [`KeyBundle::to_bytes`].
+    pub fn from_bytes(plain: &[u8]) -> Result<KeyBundle, CryptoError> {
+        if plain.len() != 64 && plain.len() != 96 {
+            return Err(CryptoError::Corrupt("bundle has the wrong size"));
+        }
+        let mut secret = [0u8; 32];
+        let mut master = [0u8; 32];
+        secret.copy_from_slice(&plain[..32]);
+        master.copy_from_slice(&plain[32..64]);
+        let previous = (plain.len() == 96).then(|| {
+            let mut p = [0u8; 32];
+            p.copy_from_slice(&plain[64..]);
+            MasterKey(p)
+        });
+        let bundle = KeyBundle {
+            secret,
+            master: MasterKey(master),
+            previous,
+        };
+        secret.zeroize();
+        master.zeroize();
+        Ok(bundle)
+    }
+
+    /// Seals the bundle under a key derived from `password` with `kdf`.
+    pub fn lock(&self, password: &[u8], kdf: KdfParams) -> Result<LockedKeys, CryptoError> {
+        let salt: [u8; 16] = rand::random();
+        let kek = kdf.derive(password, &salt)?;
+        let nonce: [u8; 24] = rand::random();
+        let wire = self.to_bytes();
         let sealed = XChaCha20Poly1305::new(kek.as_ref().into())
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: &wire, aad: BUNDLE_AAD })
             .map_err(|_| CryptoError::Corrupt("sealing the key bundle"))?;
@@ -159,25 +190,7 @@ impl LockedKeys {
                 .decrypt(XNonce::from_slice(&self.nonce), Payload { msg: &self.sealed, aad: BUNDLE_AAD })
                 .map_err(|_| CryptoError::WrongPassword)?,
         );
-        if plain.len() != 64 && plain.len() != 96 {
-            return Err(CryptoError::Corrupt("bundle has the wrong size"));
-        }
-        let mut secret = [0u8; 32];
-        let mut master = [0u8; 32];
-        secret.copy_from_slice(&plain[..32]);
-        master.copy_from_slice(&plain[32..64]);
-        let previous = (plain.len() == 96).then(|| {
-            let mut p = [0u8; 32];
-            p.copy_from_slice(&plain[64..]);
-            MasterKey(p)
-        });
-        let bundle = KeyBundle {
-            secret,
-            master: MasterKey(master),
-            previous,
-        };
-        secret.zeroize();
-        master.zeroize();
+        let bundle = KeyBundle::from_bytes(&plain)?;
         if bundle.public() != self.public {
             return Err(CryptoError::Corrupt("public key does not match the sealed secret key"));
         }

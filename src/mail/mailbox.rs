@@ -30,7 +30,7 @@ use super::index::MailboxIndex;
 use super::log::{LogError, LogStorage};
 use super::model::{keys, Announcement, Entry, Epoch, NodeSlot, Op, OpId, Outcome, Start};
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MailError {
     /// Retry later: no quorum, a takeover in progress, a node unreachable.
     #[error("mailbox temporarily unavailable: {0}")]

@@ -11,8 +11,10 @@ pub mod index;
 pub mod log;
 pub mod mailbox;
 pub mod model;
+pub mod service;
 
 pub use index::{MailboxIndex, Message};
 pub use log::{LogError, LogStorage, StoreLog};
 pub use mailbox::{EngineConfig, MailError, Mailbox, Mutation, Peers};
+pub use service::MailService;
 pub use model::{Epoch, FlagMode, MessageId, ModSeq, NodeSlot, Op, OpId, Outcome, Uid};

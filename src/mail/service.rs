@@ -1,0 +1,227 @@
+//! The mailbox engine on a real node: mailboxes over the Store API,
+//! forwarding to other nodes' sequencers and change notifications over
+//! Estafette's node RPC (carried by Garage's network stack).
+//!
+//! Keys: a mailbox's log is sealed with its owner's master key, so whoever
+//! sequences it must hold the keys. The node where the user has a session
+//! sends them along with the operations it forwards (over the encrypted,
+//! authenticated node RPC); the sequencing node keeps them only while the
+//! mailbox engine is open there, i.e. while that user is active. Mail for a
+//! user with no session is not sequenced at all: it waits, sealed to the
+//! user's public key, in the incoming queue until the next login files it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::log::StoreLog;
+use super::mailbox::{EngineConfig, MailError, Mailbox, Peers};
+use super::model::{NodeSlot, Op, OpId, Outcome};
+use crate::accounts::UserKeys;
+use crate::storage::{PeerEndpoint, PeerId, PeerMessage, PeerRpc, Store, UserId};
+
+pub type EngineMailbox = Mailbox<StoreLog, RpcPeers>;
+
+/// "Sequence these operations": sent to the mailbox's sequencer node.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SequenceRequest {
+    user: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    keys: Vec<u8>,
+    mailbox: String,
+    ops: Vec<(OpId, Op)>,
+}
+
+impl PeerMessage for SequenceRequest {
+    type Response = Result<Vec<Outcome>, MailError>;
+    const PATH: &'static str = "estafette/mail/Sequence";
+}
+
+/// "This mailbox has new settled entries": pushed after each acknowledged
+/// batch to every connected node.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Changed {
+    user: [u8; 32],
+    mailbox: String,
+}
+
+impl PeerMessage for Changed {
+    type Response = ();
+    const PATH: &'static str = "estafette/mail/Changed";
+}
+
+struct Open {
+    mailbox: Arc<EngineMailbox>,
+    changes: watch::Sender<u64>,
+}
+
+pub struct MailService {
+    store: Store,
+    rpc: PeerRpc,
+    /// Node slot -> peer id, in the layout's order (slots are stable).
+    slots: Vec<PeerId>,
+    cfg: EngineConfig,
+    open: Mutex<HashMap<(UserId, String), Open>>,
+    sequence_ep: PeerEndpoint<SequenceRequest>,
+    changed_ep: PeerEndpoint<Changed>,
+}
+
+/// Forwarding over the node RPC, for one user's mailboxes.
+pub struct RpcPeers {
+    service: Weak<MailService>,
+    keys: Arc<UserKeys>,
+}
+
+#[async_trait]
+impl Peers for RpcPeers {
+    async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+        let service = self.service.upgrade().ok_or_else(|| MailError::Unavailable("shutting down".into()))?;
+        let peer = *service
+            .slots
+            .get(usize::from(node))
+            .ok_or_else(|| MailError::Unavailable(format!("no node in slot {node}")))?;
+        let req = SequenceRequest {
+            user: self.keys.user.0,
+            keys: self.keys.export().to_vec(),
+            mailbox: mailbox.to_string(),
+            ops,
+        };
+        match service.sequence_ep.call(peer, req, service.cfg.timeout).await {
+            Ok(r) => r,
+            Err(e) => Err(MailError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+impl MailService {
+    /// Starts the engine on a node: `slot` is this node's index in `slots`.
+    pub fn new(store: Store, rpc: PeerRpc, slots: Vec<PeerId>, slot: NodeSlot) -> Arc<MailService> {
+        let cfg = EngineConfig {
+            node: slot,
+            timeout: Duration::from_secs(10),
+            forward_attempts: 2,
+            uidvalidity: (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs()) as u32)
+                .max(1),
+            mutation: None,
+        };
+        Arc::new_cyclic(|me: &Weak<MailService>| {
+            let w = me.clone();
+            let sequence_ep = rpc.register::<SequenceRequest, _>(move |_from, req| {
+                let w = w.clone();
+                Box::pin(async move {
+                    let Some(service) = w.upgrade() else {
+                        return Ok(Err(MailError::Unavailable("shutting down".into())));
+                    };
+                    Ok(service.handle_sequence(req).await)
+                })
+            });
+            let w = me.clone();
+            let changed_ep = rpc.register::<Changed, _>(move |_from, msg| {
+                let w = w.clone();
+                Box::pin(async move {
+                    if let Some(service) = w.upgrade() {
+                        service.bump(&UserId(msg.user), &msg.mailbox);
+                    }
+                    Ok(())
+                })
+            });
+            MailService {
+                store,
+                rpc,
+                slots,
+                cfg,
+                open: Mutex::new(HashMap::new()),
+                sequence_ep,
+                changed_ep,
+            }
+        })
+    }
+
+    async fn handle_sequence(self: &Arc<Self>, req: SequenceRequest) -> Result<Vec<Outcome>, MailError> {
+        let keys = UserKeys::import(UserId(req.user), &req.keys).map_err(|e| MailError::Invalid(e.to_string()))?;
+        let mb = self.mailbox(&Arc::new(keys), &req.mailbox);
+        let out = mb.sequence(req.ops).await?;
+        self.announce_change(&UserId(req.user), &req.mailbox);
+        Ok(out)
+    }
+
+    /// The engine of one mailbox on this node (opened on first use; kept
+    /// while anyone holds it or until `sweep`).
+    pub fn mailbox(self: &Arc<Self>, keys: &Arc<UserKeys>, mailbox: &str) -> Arc<EngineMailbox> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = open.entry((keys.user, mailbox.to_string())).or_insert_with(|| {
+            let storage = Arc::new(StoreLog::new(self.store.clone(), keys.clone()));
+            let peers = Arc::new(RpcPeers {
+                service: Arc::downgrade(self),
+                keys: keys.clone(),
+            });
+            Open {
+                mailbox: Arc::new(Mailbox::new(mailbox, self.cfg.clone(), storage, peers)),
+                changes: watch::channel(0).0,
+            }
+        });
+        entry.mailbox.clone()
+    }
+
+    /// A receiver that changes whenever the mailbox may have new entries
+    /// (pushed by its sequencer); IDLE waits on it, then refreshes.
+    pub fn watch(self: &Arc<Self>, keys: &Arc<UserKeys>, mailbox: &str) -> watch::Receiver<u64> {
+        self.mailbox(keys, mailbox);
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match open.get(&(keys.user, mailbox.to_string())) {
+            Some(o) => o.changes.subscribe(),
+            None => watch::channel(0).1,
+        }
+    }
+
+    fn bump(&self, user: &UserId, mailbox: &str) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = open.get(&(*user, mailbox.to_string())) {
+            o.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn announce_change(self: &Arc<Self>, user: &UserId, mailbox: &str) {
+        self.bump(user, mailbox);
+        let msg = Changed {
+            user: user.0,
+            mailbox: mailbox.to_string(),
+        };
+        for peer in self.rpc.connected_peers() {
+            let (me, msg) = (self.clone(), msg.clone());
+            tokio::spawn(async move {
+                let _ = me.changed_ep.call(peer, msg, Duration::from_secs(5)).await;
+            });
+        }
+    }
+
+    /// Runs client operations on a mailbox (through its sequencer, wherever
+    /// it is) and tells the other nodes.
+    pub async fn submit(
+        self: &Arc<Self>,
+        keys: &Arc<UserKeys>,
+        mailbox: &str,
+        ops: Vec<(OpId, Op)>,
+    ) -> Result<Vec<Outcome>, MailError> {
+        let mb = self.mailbox(keys, mailbox);
+        let out = mb.submit(ops).await?;
+        self.announce_change(&keys.user, mailbox);
+        Ok(out)
+    }
+
+    /// Closes engines nobody holds (their keys leave memory with them).
+    pub fn sweep(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, o| Arc::strong_count(&o.mailbox) > 1 || o.changes.receiver_count() > 0);
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
