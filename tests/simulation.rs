@@ -617,14 +617,32 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
             break;
         }
     }
+    // Requests still in flight (a forwarded batch whose caller gave up)
+    // finish meanwhile; converged means every node shows the same state.
     let mut views = vec![];
     let mut settled_ops = vec![];
-    for n in 0..n_nodes {
-        let mb = nodes.get(n);
-        let r = mb.refresh().await;
-        world.log(|| format!("final refresh node {n}: {r:?}"));
-        views.push(mb.snapshot().await.unwrap_or_else(|| MailboxIndex::new(0)));
-        settled_ops.push(mb.settled_ops().await);
+    for _round in 0..10 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        views.clear();
+        settled_ops.clear();
+        for n in 0..n_nodes {
+            let mb = nodes.get(n);
+            // A takeover may still be settling: a client would retry SELECT.
+            let mut r = mb.refresh().await;
+            for _ in 0..50 {
+                if r.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                r = mb.refresh().await;
+            }
+            world.log(|| format!("final refresh node {n}: {r:?}"));
+            views.push(mb.snapshot().await.unwrap_or_else(|| MailboxIndex::new(0)));
+            settled_ops.push(mb.settled_ops().await);
+        }
+        if views.iter().all(|v| *v == views[0]) {
+            break;
+        }
     }
     let mut o = oracle.lock().unwrap();
     let acked_total = o.acked.len();

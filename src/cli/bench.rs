@@ -37,6 +37,19 @@ pub enum BenchCommand {
     },
     /// Resident memory of an idle single-node `estafette dev` process.
     IdleRss,
+    /// The mailbox engine: appends through the sequencer, SELECT of a big
+    /// mailbox cold and warm, bytes per message, notification latency.
+    Mail {
+        /// Nodes in the local cluster (RF = min(nodes, 3)).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Appends in the latency/throughput runs.
+        #[arg(long, default_value_t = 1000)]
+        ops: usize,
+        /// Messages in the SELECT run.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+    },
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<(), String> {
@@ -45,6 +58,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
             store(nodes, ops, concurrency, nagle, dir).await
         }
         BenchCommand::IdleRss => idle_rss().await,
+        BenchCommand::Mail { nodes, ops, messages } => mail(nodes, ops, messages).await,
     }
 }
 
@@ -249,5 +263,106 @@ async fn idle_rss() -> Result<(), String> {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
     }
     let _ = child.wait();
+    Ok(())
+}
+
+async fn mail(nodes: usize, ops: usize, messages: usize) -> Result<(), String> {
+    use crate::accounts::UserKeys;
+    use crate::crypto::KeyBundle;
+    use crate::mail::{MailService, Op};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cluster = LocalCluster::start(tmp.path(), nodes).await.map_err(|e| e.to_string())?;
+    let slots: Vec<_> = cluster.nodes.iter().map(|n| n.peer_rpc().local_id()).collect();
+    let svc: Vec<Arc<MailService>> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| MailService::new(n.store(), n.peer_rpc().clone(), slots.clone(), i as u8))
+        .collect();
+    let keys = Arc::new(UserKeys::import(UserId([5; 32]), &KeyBundle::generate().to_bytes()).map_err(|e| e.to_string())?);
+    let e = |e: crate::mail::MailError| e.to_string();
+    let append = |id: u64| vec![(id, Op::Append { message: id, flags: vec!["\\Seen".into()] })];
+    println!("estafette bench mail: {nodes} node(s), RF {}", nodes.min(3));
+    println!("{:<40} {:>8} {:>10} {:>10} {:>10}", "workload", "ops", "ops/s", "p50 ms", "p99 ms");
+
+    let sequencer = &svc[0];
+    let other = &svc[nodes - 1];
+    let mut next = 1u64;
+    for (label, via) in [("append via the sequencer's node", sequencer), ("append via another node", other)] {
+        if nodes == 1 && label.contains("another") {
+            continue;
+        }
+        let mut lat = vec![];
+        let start = Instant::now();
+        for _ in 0..ops {
+            let t = Instant::now();
+            via.submit(&keys, "inbox", append(next)).await.map_err(e)?;
+            lat.push(t.elapsed());
+            next += 1;
+        }
+        let mut s = Stats { name: label.into(), ops, elapsed: start.elapsed(), lat, concurrent_ops_per_s: 0.0 };
+        s.lat.sort();
+        println!("{:<40} {:>8} {:>10.0} {:>10.3} {:>10.3}", s.name, s.ops, ops as f64 / s.elapsed.as_secs_f64(), pct(&s.lat, 0.5), pct(&s.lat, 0.99));
+    }
+    // 32 concurrent submitters: group commit shares log entries.
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for t in 0..32u64 {
+        let (svc, keys) = (sequencer.clone(), keys.clone());
+        let per = (ops / 32).max(1) as u64;
+        let base = next + t * per;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                svc.submit(&keys, "inbox", vec![(base + i, Op::Append { message: base + i, flags: vec![] })]).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let done = (ops / 32).max(1) * 32;
+    println!("{:<40} {:>8} {:>10.0}", "append, 32 concurrent submitters", done, done as f64 / start.elapsed().as_secs_f64());
+
+    // A big mailbox, filled in batches of 1000 messages per operation batch.
+    let mut id = 10_000_000u64;
+    while id < 10_000_000 + messages as u64 {
+        let batch: Vec<_> = (id..(id + 1000).min(10_000_000 + messages as u64))
+            .map(|i| (i, Op::Append { message: i, flags: vec![] }))
+            .collect();
+        id += batch.len() as u64;
+        sequencer.submit(&keys, "big", batch).await.map_err(e)?;
+    }
+    // Cold: a node that never opened the mailbox reads the whole log.
+    let fresh = MailService::new(cluster.nodes[nodes - 1].store(), cluster.nodes[nodes - 1].peer_rpc().clone(), slots.clone(), 200);
+    let mb = fresh.mailbox(&keys, "big");
+    let t = Instant::now();
+    mb.refresh().await.map_err(e)?;
+    let cold = t.elapsed();
+    let t = Instant::now();
+    mb.refresh().await.map_err(e)?;
+    let warm = t.elapsed();
+    let (n, bytes) = mb.with_view(|v| v.map_or((0, 0), |v| (v.len(), v.resident_bytes()))).await;
+    println!("SELECT {n}-message mailbox: cold {:.1} ms, warm {:.2} ms; index {:.1} bytes/message resident", cold.as_secs_f64() * 1000.0, warm.as_secs_f64() * 1000.0, bytes as f64 / n.max(1) as f64);
+
+    if nodes > 1 {
+        // Notification latency: an append acknowledged on node 1, seen by a
+        // watcher on the last node.
+        let mut watch = other.watch(&keys, "notify");
+        let mut lat = vec![];
+        for i in 0..100u64 {
+            let _ = watch.borrow_and_update();
+            let t = Instant::now();
+            sequencer.submit(&keys, "notify", append(50_000_000 + i)).await.map_err(e)?;
+            let acked = t.elapsed();
+            tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.map_err(|_| "no notification".to_string())?.map_err(|e| e.to_string())?;
+            lat.push(t.elapsed() - acked);
+        }
+        lat.sort();
+        println!("notification, ack on node 1 -> watcher on node {nodes}: p50 {:.3} ms, p99 {:.3} ms", pct(&lat, 0.5), pct(&lat, 0.99));
+    }
+    cluster.shutdown().await;
     Ok(())
 }

@@ -59,6 +59,15 @@ impl MailboxIndex {
         }
     }
 
+    /// Approximate heap bytes held by this index.
+    pub fn resident_bytes(&self) -> usize {
+        self.messages.capacity() * std::mem::size_of::<Message>()
+            + self.expunged.capacity() * std::mem::size_of::<(Uid, ModSeq)>()
+            + self.keywords.iter().map(|k| k.capacity() + 24).sum::<usize>()
+            + self.recent.capacity() * (std::mem::size_of::<(OpId, Outcome)>())
+            + self.recent.iter().map(|(_, o)| o.modified.capacity() * 4).sum::<usize>()
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }

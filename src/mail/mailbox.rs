@@ -428,27 +428,41 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
     }
 
     /// What a client's operation goes through on any node: sent to the
-    /// sequencer (this node or another); if that node cannot be reached
-    /// after a few tries, this node takes over.
+    /// sequencer (this node or another); if that fails, the node catches up
+    /// with the log (a takeover may have happened) and tries again; if the
+    /// sequencer stays unreachable, this node takes over. Operation ids make
+    /// the retries safe: an op already applied is not applied again.
     pub async fn submit(&self, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
-        for _ in 0..self.cfg.forward_attempts {
+        if self.inner.lock().await.records.starts.is_empty() {
+            // Never read: learn who sequences before anything else.
+            let _ = self.refresh().await;
+        }
+        let attempts = self.cfg.forward_attempts + 1;
+        let mut last = MailError::Unavailable("no attempt made".into());
+        for attempt in 0..attempts {
             let target = self.sequencer().await;
-            match target {
-                None => return self.sequence(ops).await,
-                Some(n) if n == self.cfg.node => return self.sequence(ops).await,
-                Some(n) => {
-                    let sent = tokio::time::timeout(self.cfg.timeout, self.peers.forward(n, &self.id, ops.clone())).await;
-                    match sent {
-                        Ok(Ok(outcomes)) => return Ok(outcomes),
-                        Ok(Err(e @ MailError::Invalid(_))) => return Err(e),
-                        _ => {
-                            // Perhaps another node took over meanwhile.
-                            let _ = self.refresh().await;
-                        }
-                    }
+            let local = match target {
+                None => true,
+                Some(n) => n == self.cfg.node || attempt + 1 == attempts,
+            };
+            let result = if local {
+                self.sequence(ops.clone()).await
+            } else {
+                let n = target.unwrap_or(self.cfg.node);
+                match tokio::time::timeout(self.cfg.timeout, self.peers.forward(n, &self.id, ops.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(MailError::Unavailable("the sequencer did not answer in time".into())),
+                }
+            };
+            match result {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(e @ (MailError::Invalid(_) | MailError::Corrupt(_))) => return Err(e),
+                Err(e) => {
+                    last = e;
+                    let _ = self.refresh().await;
                 }
             }
         }
-        self.sequence(ops).await
+        Err(last)
     }
 }
