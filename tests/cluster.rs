@@ -48,8 +48,9 @@ async fn three_regions_replicate_and_talk() {
     // Our own message type over Garage's RPC, handled on node 2.
     let ep2 = n2.peer_rpc().register::<Shout, _>(|from, m| {
         Box::pin(async move { Ok(format!("{} from {}", m.text.to_uppercase(), hex::encode(&from[..4]))) })
-    });
-    let ep1 = n1.peer_rpc().register::<Shout, _>(|_, _| Box::pin(async { Err("node 1 refuses".to_string()) }));
+    }).unwrap();
+    assert!(n2.peer_rpc().register::<Shout, _>(|_, _| Box::pin(async { Ok(String::new()) })).is_err(), "one handler per type and node");
+    let ep1 = n1.peer_rpc().register::<Shout, _>(|_, _| Box::pin(async { Err("node 1 refuses".to_string()) })).unwrap();
     let n2_id = n2.peer_rpc().local_id();
     let answer = ep1.call(n2_id, Shout { text: "hi".into() }, Duration::from_secs(5)).await.unwrap();
     assert_eq!(answer, format!("HI from {}", hex::encode(&n1.peer_rpc().local_id()[..4])));

@@ -22,7 +22,7 @@ fn services(cluster: &LocalCluster) -> Vec<Arc<MailService>> {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| MailService::new(n.store(), n.peer_rpc().clone(), slots.clone(), i as u8))
+        .map(|(i, n)| MailService::new(n.store(), n.peer_rpc().clone(), slots.clone(), i as u8).unwrap())
         .collect()
 }
 

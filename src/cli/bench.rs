@@ -279,8 +279,8 @@ async fn mail(nodes: usize, ops: usize, messages: usize) -> Result<(), String> {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| MailService::new(n.store(), n.peer_rpc().clone(), slots.clone(), i as u8))
-        .collect();
+        .map(|(i, n)| MailService::new(n.store(), n.peer_rpc().clone(), slots.clone(), i as u8).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
     let keys = Arc::new(UserKeys::import(UserId([5; 32]), &KeyBundle::generate().to_bytes()).map_err(|e| e.to_string())?);
     let e = |e: crate::mail::MailError| e.to_string();
     let append = |id: u64| vec![(id, Op::Append { message: id, flags: vec!["\\Seen".into()] })];
@@ -336,8 +336,8 @@ async fn mail(nodes: usize, ops: usize, messages: usize) -> Result<(), String> {
         sequencer.submit(&keys, "big", batch).await.map_err(e)?;
     }
     // Cold: a node that never opened the mailbox reads the whole log.
-    let fresh = MailService::new(cluster.nodes[nodes - 1].store(), cluster.nodes[nodes - 1].peer_rpc().clone(), slots.clone(), 200);
-    let mb = fresh.mailbox(&keys, "big");
+    other.close(&keys.user, "big");
+    let mb = other.mailbox(&keys, "big");
     let t = Instant::now();
     mb.refresh().await.map_err(e)?;
     let cold = t.elapsed();

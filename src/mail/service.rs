@@ -66,8 +66,9 @@ pub struct MailService {
     slots: Vec<PeerId>,
     cfg: EngineConfig,
     open: Mutex<HashMap<(UserId, String), Open>>,
-    sequence_ep: PeerEndpoint<SequenceRequest>,
-    changed_ep: PeerEndpoint<Changed>,
+    // Always Some once `new` returned Ok.
+    sequence_ep: Option<PeerEndpoint<SequenceRequest>>,
+    changed_ep: Option<PeerEndpoint<Changed>>,
 }
 
 /// Forwarding over the node RPC, for one user's mailboxes.
@@ -90,7 +91,8 @@ impl Peers for RpcPeers {
             mailbox: mailbox.to_string(),
             ops,
         };
-        match service.sequence_ep.call(peer, req, service.cfg.timeout).await {
+        let ep = service.sequence_ep.as_ref().ok_or_else(|| MailError::Unavailable("no RPC endpoint".into()))?;
+        match ep.call(peer, req, service.cfg.timeout).await {
             Ok(r) => r,
             Err(e) => Err(MailError::Unavailable(e.to_string())),
         }
@@ -99,7 +101,13 @@ impl Peers for RpcPeers {
 
 impl MailService {
     /// Starts the engine on a node: `slot` is this node's index in `slots`.
-    pub fn new(store: Store, rpc: PeerRpc, slots: Vec<PeerId>, slot: NodeSlot) -> Arc<MailService> {
+    /// One per node (its RPC endpoints can be registered once).
+    pub fn new(
+        store: Store,
+        rpc: PeerRpc,
+        slots: Vec<PeerId>,
+        slot: NodeSlot,
+    ) -> Result<Arc<MailService>, crate::storage::StorageError> {
         let cfg = EngineConfig {
             node: slot,
             timeout: Duration::from_secs(10),
@@ -110,7 +118,8 @@ impl MailService {
                 .max(1),
             mutation: None,
         };
-        Arc::new_cyclic(|me: &Weak<MailService>| {
+        let mut failed = None;
+        let service = Arc::new_cyclic(|me: &Weak<MailService>| {
             let w = me.clone();
             let sequence_ep = rpc.register::<SequenceRequest, _>(move |_from, req| {
                 let w = w.clone();
@@ -131,6 +140,13 @@ impl MailService {
                     Ok(())
                 })
             });
+            let (sequence_ep, changed_ep) = match (sequence_ep, changed_ep) {
+                (Ok(s), Ok(c)) => (Some(s), Some(c)),
+                (Err(e), _) | (_, Err(e)) => {
+                    failed = Some(e);
+                    (None, None)
+                }
+            };
             MailService {
                 store,
                 rpc,
@@ -140,7 +156,17 @@ impl MailService {
                 sequence_ep,
                 changed_ep,
             }
-        })
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(service),
+        }
+    }
+
+    /// Forgets this node's engine of a mailbox (the next use reopens it
+    /// from storage, as after a restart).
+    pub fn close(&self, user: &UserId, mailbox: &str) {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*user, mailbox.to_string()));
     }
 
     async fn handle_sequence(self: &Arc<Self>, req: SequenceRequest) -> Result<Vec<Outcome>, MailError> {
@@ -196,7 +222,9 @@ impl MailService {
         for peer in self.rpc.connected_peers() {
             let (me, msg) = (self.clone(), msg.clone());
             tokio::spawn(async move {
-                let _ = me.changed_ep.call(peer, msg, Duration::from_secs(5)).await;
+                if let Some(ep) = &me.changed_ep {
+                    let _ = ep.call(peer, msg, Duration::from_secs(5)).await;
+                }
             });
         }
     }

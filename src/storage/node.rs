@@ -151,7 +151,7 @@ impl Node {
             .map_err(|e| StorageError::Setup(format!("starting Garage workers: {e}")))?;
 
         let peer_rpc = PeerRpc::new(garage.system.clone());
-        let ping = PingService::register(&peer_rpc);
+        let ping = PingService::register(&peer_rpc)?;
         let run_system = tokio::spawn(garage.system.clone().run(stop_rx));
 
         let mut ports: Vec<u16> = config.cluster.nodes.iter().map(|n| n.rpc_addr.port()).collect();

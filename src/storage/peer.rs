@@ -68,6 +68,8 @@ impl<M: PeerMessage> EndpointHandler<Wire<M>> for Handler<M> {
 #[derive(Clone)]
 pub struct PeerRpc {
     system: Arc<System>,
+    // Garage panics on a path registered twice; we refuse instead.
+    registered: Arc<std::sync::Mutex<std::collections::HashSet<&'static str>>>,
 }
 
 /// A registered endpoint through which messages of type `M` are sent.
@@ -79,7 +81,10 @@ pub struct PeerEndpoint<M: PeerMessage> {
 
 impl PeerRpc {
     pub(super) fn new(system: Arc<System>) -> Self {
-        PeerRpc { system }
+        PeerRpc {
+            system,
+            registered: Default::default(),
+        }
     }
 
     /// This node's id.
@@ -106,18 +111,22 @@ impl PeerRpc {
 
     /// Registers the handler for `M` on this node (once per type and node)
     /// and returns the endpoint to send `M` to peers.
-    pub fn register<M, F>(&self, handler: F) -> PeerEndpoint<M>
+    pub fn register<M, F>(&self, handler: F) -> Result<PeerEndpoint<M>, StorageError>
     where
         M: PeerMessage,
         F: Fn(PeerId, M) -> HandlerFuture<M::Response> + Send + Sync + 'static,
     {
+        let fresh = self.registered.lock().map(|mut r| r.insert(M::PATH)).unwrap_or(false);
+        if !fresh {
+            return Err(StorageError::Invalid(format!("{} is already registered on this node", M::PATH)));
+        }
         let endpoint = self.system.netapp.endpoint::<Wire<M>, Handler<M>>(M::PATH.to_string());
         endpoint.set_handler(Arc::new(Handler { f: Some(Arc::new(handler)) }));
-        PeerEndpoint {
+        Ok(PeerEndpoint {
             endpoint,
             system: self.system.clone(),
             _m: PhantomData,
-        }
+        })
     }
 }
 
@@ -149,9 +158,9 @@ pub struct PingService {
 }
 
 impl PingService {
-    pub(super) fn register(rpc: &PeerRpc) -> Arc<Self> {
-        let endpoint = rpc.register::<Ping, _>(|_, p| Box::pin(async move { Ok(p.nonce) }));
-        Arc::new(PingService { endpoint })
+    pub(super) fn register(rpc: &PeerRpc) -> Result<Arc<Self>, StorageError> {
+        let endpoint = rpc.register::<Ping, _>(|_, p| Box::pin(async move { Ok(p.nonce) }))?;
+        Ok(Arc::new(PingService { endpoint }))
     }
 
     /// Round-trip time to `peer`, checked by echo of a random nonce.
