@@ -90,6 +90,16 @@ impl LocalCluster {
         for node in &nodes {
             node.wait_ready(Duration::from_secs(60)).await?;
         }
+        // Ready means a quorum per partition; tests also want the full mesh
+        // (every node connected to every other), so that losing one node
+        // later leaves the others talking.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while nodes.iter().any(|n| n.peer_rpc().connected_peers().len() + 1 < nodes.len()) {
+            if std::time::Instant::now() > deadline {
+                return Err(StorageError::Unavailable("local cluster did not fully connect".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(LocalCluster { nodes, configs })
     }
 
