@@ -70,6 +70,11 @@ impl UserKeys {
         crypto::open_value(&self.bundle.master, &item_context(partition, sort_key), sealed).is_err()
     }
 
+    /// The key for opaque ids derived from names (stable across rotation).
+    pub fn seal_key_for_names(&self) -> [u8; 32] {
+        self.bundle.name_key()
+    }
+
     /// A fresh random key for one blob (a message body).
     pub fn new_blob_key() -> MasterKey {
         MasterKey::generate()

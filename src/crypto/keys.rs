@@ -92,6 +92,12 @@ impl KeyBundle {
         PublicKey(*crypto_box::SecretKey::from(self.secret).public_key().as_bytes())
     }
 
+    /// A key for opaque ids derived from names (e.g. subscriptions), from
+    /// the secret key, which survives master-key rotation.
+    pub fn name_key(&self) -> [u8; 32] {
+        super::keyed_hash(&self.secret, &[b"estafette name ids v1"])
+    }
+
     /// Opens what `PublicKey::seal` sealed to us.
     pub fn unseal(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         crypto_box::SecretKey::from(self.secret)

@@ -10,6 +10,8 @@ pub mod chain;
 pub mod index;
 pub mod log;
 pub mod mailbox;
+pub mod mailboxes;
+pub mod message;
 pub mod model;
 pub mod service;
 
