@@ -133,3 +133,81 @@ async fn group_commit_and_big_store() {
 fn k_user() -> UserId {
     UserId([9; 32])
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_trim_the_log_and_cold_opens_read_a_short_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path(), 1).await.unwrap();
+    let svc = services(&cluster);
+    let k = keys();
+    // One entry per append (no concurrency): 600 entries, checkpoints
+    // every 256 (at 256 and 512), entries up to the first one trimmed.
+    for i in 1..=600u64 {
+        svc[0].submit(&k, "ck", vec![append(i)]).await.unwrap();
+    }
+    let store = cluster.nodes[0].store();
+    let count = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .range(&k_user(), "log/ck", &Range { prefix: Some(prefix.into()), ..Default::default() })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let entries = count("e/").await;
+    assert!(entries <= 600 - 256, "{entries} entries left: the log was not trimmed");
+    assert!(count("c/").await >= 1, "a checkpoint record exists");
+    let warm = svc[0].mailbox(&k, "ck").snapshot().await.unwrap();
+    // A node that never opened the mailbox starts from the checkpoint.
+    svc[0].close(&k.user, "ck");
+    let cold = svc[0].mailbox(&k, "ck");
+    cold.refresh().await.unwrap();
+    assert_eq!(cold.snapshot().await.unwrap(), warm);
+    let out = svc[0].submit(&k, "ck", vec![append(601)]).await.unwrap();
+    assert_eq!(out[0].uid, Some(601), "numbering continues after a cold open");
+    cluster.shutdown().await;
+}
+
+struct NoPeers;
+
+#[async_trait::async_trait]
+impl estafette::mail::Peers for NoPeers {
+    async fn forward(&self, _: u8, _: &str, _: Vec<(u64, Op)>) -> Result<Vec<estafette::mail::Outcome>, estafette::mail::MailError> {
+        Err(estafette::mail::MailError::Unavailable("no peers here".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_learn_of_changes_even_without_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path(), 2).await.unwrap();
+    let svc = services(&cluster);
+    let k = keys();
+    let mut changes = svc[1].watch(&k, "quiet");
+    // A writer that pushes nothing: a bare engine on node 0.
+    let cfg = estafette::mail::EngineConfig {
+        node: 0,
+        timeout: Duration::from_secs(10),
+        forward_attempts: 1,
+        uidvalidity: 7,
+        checkpoint_every: 0,
+        mutation: None,
+    };
+    let bare = estafette::mail::Mailbox::new(
+        "quiet",
+        cfg,
+        Arc::new(estafette::mail::StoreLog::new(cluster.nodes[0].store(), k.clone())),
+        Arc::new(NoPeers),
+    );
+    bare.submit(vec![append(1)]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), changes.changed())
+        .await
+        .expect("the long-poll noticed the new entry")
+        .unwrap();
+    let mb = svc[1].mailbox(&k, "quiet");
+    mb.refresh().await.unwrap();
+    assert_eq!(mb.snapshot().await.unwrap().len(), 1);
+    cluster.shutdown().await;
+}

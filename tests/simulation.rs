@@ -211,6 +211,34 @@ impl LogStorage for SimStorage {
         let skip = mailbox.len() + 1;
         Ok(merged.into_iter().map(|(k, v)| (k[skip..].to_string(), v)).collect())
     }
+
+    async fn delete_range(&self, mailbox: &str, prefix: &str, from: &str, to: &str) -> Result<(), LogError> {
+        let (p, f, t) = (full_key(mailbox, prefix), full_key(mailbox, from), full_key(mailbox, to));
+        self.round(
+            move |rep| {
+                rep.lock().unwrap().retain(|k, _| !(k.starts_with(&p) && *k >= f && *k < t));
+            },
+            2,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn put_snapshot(&self, mailbox: &str, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
+        self.put(mailbox, &format!("z/{name}"), bytes).await
+    }
+
+    async fn get_snapshot(&self, mailbox: &str, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+        let key = format!("z/{name}");
+        let recs = self.read(mailbox, &key, &key, true).await?;
+        Ok(recs.into_iter().find(|(k, _)| *k == key).and_then(|(_, v)| v.into_iter().next()))
+    }
+
+    async fn delete_snapshot(&self, mailbox: &str, name: &str) -> Result<(), LogError> {
+        let key = format!("z/{name}");
+        let end = format!("z/{name}\u{1}");
+        self.delete_range(mailbox, "z/", &key, &end).await
+    }
 }
 
 type SimMailbox = Mailbox<SimStorage, SimPeers>;
@@ -260,6 +288,8 @@ struct Sim {
     nodes: Arc<Nodes>,
     mutation: Option<Mutation>,
     skew: Vec<f64>,
+    /// Small intervals, so checkpoints, trimming and reloading happen often.
+    checkpoint_every: u64,
 }
 
 impl Sim {
@@ -272,6 +302,7 @@ impl Sim {
             timeout: Duration::from_millis((2000.0 * self.skew[n]) as u64),
             forward_attempts: 2,
             uidvalidity: 1_700_000_000,
+            checkpoint_every: self.checkpoint_every,
             mutation: self.mutation,
         };
         let storage = Arc::new(SimStorage { world: self.world.clone(), node: n, incarnation: inc });
@@ -399,7 +430,7 @@ impl Oracle {
 
     /// After healing: every node shows the same state, every acknowledged
     /// operation is in it, and no client misses a message by UIDNEXT.
-    fn check_final(&mut self, views: &[MailboxIndex], settled: &[Vec<OpId>]) {
+    fn check_final(&mut self, views: &[MailboxIndex]) {
         let first = &views[0];
         for (i, v) in views.iter().enumerate().skip(1) {
             if v != first {
@@ -409,11 +440,10 @@ impl Oracle {
                 ));
             }
         }
-        let ops: BTreeSet<OpId> = settled[0].iter().copied().collect();
         let expunged: BTreeSet<u32> = first.vanished_since(0).collect();
         let acked = std::mem::take(&mut self.acked);
         for (id, op) in &acked {
-            if !ops.contains(id) {
+            if first.outcome_of(*id).is_none() {
                 self.fail(format!("inv4: acknowledged op {id} ({op:?}) is not in the log"));
             }
             if let Op::Append { message, .. } = op {
@@ -445,6 +475,7 @@ impl Oracle {
 // ------------------------------------------------------------------ run --
 
 struct Outcome_ {
+    checkpoints: u64,
     violations: Vec<String>,
     trace: Vec<String>,
     acked: usize,
@@ -476,13 +507,14 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
     });
     let skew: Vec<f64> = (0..n_nodes).map(|_| rng.random_range(0.5..2.0)).collect();
     let nodes = Arc::new(Nodes { mailboxes: Mutex::new(vec![]) });
-    let sim = Arc::new(Sim { world: world.clone(), nodes: nodes.clone(), mutation, skew });
+    let checkpoint_every = [0, 2, 3, 5][rng.random_range(0..4usize)];
+    let sim = Arc::new(Sim { world: world.clone(), nodes: nodes.clone(), mutation, skew, checkpoint_every });
     for n in 0..n_nodes {
         let mb = sim.mailbox(n);
         nodes.mailboxes.lock().unwrap().push(mb);
     }
     let oracle = Arc::new(Mutex::new(Oracle { clients: (0..n_clients).map(|_| ClientView::default()).collect(), ..Default::default() }));
-    world.log(|| format!("seed {seed}: {n_nodes} nodes, {n_clients} clients, {steps} steps, skew {:?}", sim.skew));
+    world.log(|| format!("seed {seed}: {n_nodes} nodes, {n_clients} clients, {steps} steps, checkpoint every {checkpoint_every}, skew {:?}", sim.skew));
 
     // Chaos: faults at random times while the clients run.
     let chaos = {
@@ -620,11 +652,9 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
     // Requests still in flight (a forwarded batch whose caller gave up)
     // finish meanwhile; converged means every node shows the same state.
     let mut views = vec![];
-    let mut settled_ops = vec![];
     for _round in 0..10 {
         tokio::time::sleep(Duration::from_secs(10)).await;
         views.clear();
-        settled_ops.clear();
         for n in 0..n_nodes {
             let mb = nodes.get(n);
             // A takeover may still be settling: a client would retry SELECT.
@@ -638,7 +668,6 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
             }
             world.log(|| format!("final refresh node {n}: {r:?}"));
             views.push(mb.snapshot().await.unwrap_or_else(|| MailboxIndex::new(0)));
-            settled_ops.push(mb.settled_ops().await);
         }
         if views.iter().all(|v| *v == views[0]) {
             break;
@@ -649,10 +678,12 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
     if !settled {
         o.fail("liveness: no operation succeeded after healing".into());
     }
-    o.check_final(&views, &settled_ops);
+    o.check_final(&views);
     let takeovers = world.replicas[0].lock().unwrap().keys().filter(|k| k.contains("\0s/")).count() as u64;
+    let checkpoints = world.replicas[0].lock().unwrap().keys().filter(|k| k.contains("\0c/")).count() as u64;
     let trace = world.trace.lock().unwrap().clone();
     Outcome_ {
+        checkpoints,
         violations: o.violations.clone(),
         trace,
         acked: acked_total,
@@ -669,9 +700,9 @@ fn seeds_wanted() -> u64 {
 }
 
 /// Runs `count` seeds from `first` on two threads; returns the failures.
-fn run_many(first: u64, count: u64, mutation: Option<Mutation>, stop_at_first: bool) -> (Vec<(u64, Vec<String>)>, u64, u64) {
+fn run_many(first: u64, count: u64, mutation: Option<Mutation>, stop_at_first: bool) -> (Vec<(u64, Vec<String>)>, u64, u64, u64) {
     let failures = Arc::new(Mutex::new(vec![]));
-    let stats = Arc::new(Mutex::new((0u64, 0u64)));
+    let stats = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(first));
     let threads: Vec<_> = (0..2)
         .map(|_| {
@@ -686,6 +717,7 @@ fn run_many(first: u64, count: u64, mutation: Option<Mutation>, stop_at_first: b
                     let mut s = stats.lock().unwrap();
                     s.0 += out.acked as u64;
                     s.1 += out.takeovers;
+                    s.2 += out.checkpoints;
                 }
                 if !out.violations.is_empty() {
                     failures.lock().unwrap().push((seed, out.violations));
@@ -698,7 +730,7 @@ fn run_many(first: u64, count: u64, mutation: Option<Mutation>, stop_at_first: b
     }
     let f = failures.lock().unwrap().clone();
     let s = *stats.lock().unwrap();
-    (f, s.0, s.1)
+    (f, s.0, s.1, s.2)
 }
 
 #[test]
@@ -713,12 +745,13 @@ fn invariants_hold_over_many_seeds() {
     }
     let count = seeds_wanted();
     let started = std::time::Instant::now();
-    let (failures, acked, takeovers) = run_many(0, count, None, false);
+    let (failures, acked, takeovers, checkpoints) = run_many(0, count, None, false);
     println!(
-        "simulation: {count} seeds in {:.1}s, {acked} acknowledged ops, {takeovers} epochs started, {} failing seeds; renumbered messages: 0 by construction (checked)",
+        "simulation: {count} seeds in {:.1}s, {acked} acknowledged ops, {takeovers} epochs started, {checkpoints} checkpoints left, {} failing seeds; renumbered messages: 0 by construction (checked)",
         started.elapsed().as_secs_f64(),
         failures.len()
     );
+    assert!(checkpoints > 0, "checkpoints were exercised");
     assert!(failures.is_empty(), "failing seeds (replay with ESTAFETTE_SIM_SEED=S): {:#?}", &failures[..failures.len().min(5)]);
 }
 
@@ -736,7 +769,7 @@ fn the_oracle_catches_broken_engines() {
     // Each deliberate bug must be found within this many seeds.
     let budget = std::env::var("ESTAFETTE_SIM_MUTATION_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
     for m in [Mutation::SkipAnnouncementCheck, Mutation::NoReadRepair, Mutation::IgnorePending, Mutation::EarlyFence] {
-        let (failures, _, _) = run_many(1_000_000, budget, Some(m), true);
+        let (failures, _, _, _) = run_many(1_000_000, budget, Some(m), true);
         assert!(!failures.is_empty(), "mutation {m:?} went unnoticed over {budget} seeds");
         println!("mutation {m:?}: caught by seed {} ({})", failures[0].0, failures[0].1[0]);
     }

@@ -75,6 +75,11 @@ impl UserKeys {
         self.bundle.name_key()
     }
 
+    /// The key mailbox snapshots are sealed with (stable across rotation).
+    pub fn snapshot_key(&self) -> MasterKey {
+        MasterKey::from_bytes(crate::crypto::keyed_hash(&self.bundle.name_key(), &[b"snapshots"]))
+    }
+
     /// A fresh random key for one blob (a message body).
     pub fn new_blob_key() -> MasterKey {
         MasterKey::generate()

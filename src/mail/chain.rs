@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{keys, Announcement, Entry, Epoch, Start};
+use super::model::{keys, Announcement, Checkpoint, Entry, Epoch, Start};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
@@ -30,6 +30,9 @@ pub struct Records {
     pub announcements: BTreeMap<Epoch, Announcement>,
     pub starts: BTreeMap<Epoch, Start>,
     pub entries: BTreeMap<(Epoch, u64), Entry>,
+    /// Checkpoints read, by position; the newest is the base: entries up
+    /// to it may have been trimmed and are not needed.
+    pub checkpoints: BTreeMap<(Epoch, u64), Checkpoint>,
 }
 
 /// One link of the chain: an epoch and the last entry of it that counts.
@@ -72,6 +75,9 @@ impl Records {
         } else if key.starts_with(keys::START) {
             let s: Start = decode(key, values)?;
             self.starts.insert(s.epoch, s);
+        } else if key.starts_with(keys::CHECKPOINT) {
+            let c: Checkpoint = decode(key, values)?;
+            self.checkpoints.insert((c.epoch, c.seq), c);
         } else if let Some((e, seq)) = keys::parse_entry(key) {
             let entry: Entry = decode(key, values)?;
             if entry.epoch != e || entry.seq != seq {
@@ -112,10 +118,20 @@ impl Records {
         self.announcements.keys().next_back().is_some_and(|e| *e > epoch)
     }
 
-    /// Entries of `epoch` present contiguously from 1.
+    /// The newest checkpoint.
+    pub fn base(&self) -> Option<&Checkpoint> {
+        self.checkpoints.values().next_back()
+    }
+
+    /// Entries of `epoch` present contiguously from 1 (entries covered by
+    /// the base checkpoint count as present: they may be trimmed).
     pub fn contiguous(&self, epoch: Epoch) -> u64 {
-        let mut n = 0;
-        for ((e, s), _) in self.entries.range((epoch, 1)..=(epoch, u64::MAX)) {
+        let mut n = match self.base() {
+            Some(b) if b.epoch == epoch => b.seq,
+            Some(b) if b.epoch > epoch => return b.links.iter().find(|(e, _)| *e == epoch).map_or(0, |(_, s)| *s),
+            _ => 0,
+        };
+        for ((e, s), _) in self.entries.range((epoch, n + 1)..=(epoch, u64::MAX)) {
             if *e != epoch || *s != n + 1 {
                 break;
             }
@@ -144,22 +160,37 @@ impl Records {
         Some(links)
     }
 
-    /// The first entry key the chain needs and this node lacks, if any.
+    /// Whether the chain runs through the base checkpoint (it always
+    /// should: checkpoints are made of settled views).
+    pub fn base_on(&self, chain: &[Link]) -> Option<&Checkpoint> {
+        let b = self.base()?;
+        let on = b.links.iter().enumerate().all(|(i, (e, s))| {
+            chain.get(i).is_some_and(|l| l.epoch == *e && (l.upto == *s || (i + 1 == b.links.len() && l.upto >= *s)))
+        });
+        on.then_some(b)
+    }
+
+    /// The first entry key the chain needs and this node lacks, if any
+    /// (nothing before the base checkpoint is needed).
     pub fn first_missing(&self, chain: &[Link]) -> Option<(Epoch, u64)> {
+        let base = self.base_on(chain).map(|b| (b.epoch, b.seq));
         for l in chain {
-            let have = self.contiguous(l.epoch);
+            if base.is_some_and(|(e, _)| l.epoch < e) {
+                continue;
+            }
+            let from = match base {
+                Some((e, s)) if e == l.epoch => s,
+                _ => 0,
+            };
+            let mut have = from;
+            while have < l.upto && self.entries.contains_key(&(l.epoch, have + 1)) {
+                have += 1;
+            }
             if have < l.upto {
                 return Some((l.epoch, have + 1));
             }
         }
         None
-    }
-
-    /// The entries of a chain, in order.
-    pub fn entries_of<'a>(&'a self, chain: &'a [Link]) -> impl Iterator<Item = &'a Entry> + 'a {
-        chain
-            .iter()
-            .flat_map(move |l| (1..=l.upto).filter_map(move |s| self.entries.get(&(l.epoch, s))))
     }
 }
 
@@ -207,7 +238,7 @@ mod tests {
         r.entries.insert((e2, 1), entry(e2, 1));
         r.entries.insert((e2, 3), entry(e2, 3)); // a gap at 2: only 1 counts
         assert_eq!(r.chain().unwrap(), vec![Link { epoch: e1, upto: 3 }, Link { epoch: e2, upto: 1 }]);
-        assert_eq!(r.entries_of(&r.chain().unwrap()).count(), 4);
+        assert_eq!(r.first_missing(&r.chain().unwrap()), None);
         // A takeover is announced: pending until its start appears.
         r.announcements.insert(e3, Announcement { epoch: e3, node: 0 });
         assert_eq!(r.pending_above(e2), Some(e3));

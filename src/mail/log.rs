@@ -42,6 +42,13 @@ pub trait LogStorage: Send + Sync + 'static {
     /// any later read sees it.
     async fn read(&self, mailbox: &str, prefix: &str, from: &str, monotonic: bool)
         -> Result<Vec<(String, Vec<Vec<u8>>)>, LogError>;
+    /// Deletes the records with key in [from, to) under `prefix` (trimming
+    /// entries a checkpoint covers).
+    async fn delete_range(&self, mailbox: &str, prefix: &str, from: &str, to: &str) -> Result<(), LogError>;
+    /// Stores, reads and deletes a checkpoint's snapshot (large; a blob).
+    async fn put_snapshot(&self, mailbox: &str, name: &str, bytes: Vec<u8>) -> Result<(), LogError>;
+    async fn get_snapshot(&self, mailbox: &str, name: &str) -> Result<Option<Vec<u8>>, LogError>;
+    async fn delete_snapshot(&self, mailbox: &str, name: &str) -> Result<(), LogError>;
 }
 
 /// The log on the Store API: partition `log/<mailbox>` of the user, values
@@ -62,6 +69,10 @@ impl StoreLog {
 
 fn partition(mailbox: &str) -> String {
     format!("log/{mailbox}")
+}
+
+fn snapshot_blob(mailbox: &str, name: &str) -> String {
+    format!("ckpt/{mailbox}/{name}")
 }
 
 #[async_trait]
@@ -104,5 +115,53 @@ impl LogStorage for StoreLog {
             out.push((it.sort_key, values));
         }
         Ok(out)
+    }
+
+    async fn delete_range(&self, mailbox: &str, prefix: &str, from: &str, to: &str) -> Result<(), LogError> {
+        let p = partition(mailbox);
+        let range = Range {
+            prefix: Some(prefix.to_string()),
+            start: Some(from.to_string()),
+            end: Some(to.to_string()),
+            ..Default::default()
+        };
+        let items = self.store.range(self.user(), &p, &range).await?;
+        for chunk in items.chunks(500) {
+            let writes = chunk
+                .iter()
+                .map(|it| crate::storage::ItemWrite {
+                    partition: p.clone(),
+                    sort_key: it.sort_key.clone(),
+                    value: None,
+                    token: Some(it.token.clone()),
+                })
+                .collect();
+            self.store.insert_batch(self.user(), writes).await?;
+        }
+        Ok(())
+    }
+
+    async fn put_snapshot(&self, mailbox: &str, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
+        let key = snapshot_blob(mailbox, name);
+        // Sealed under a key derived from the secret key, which survives a
+        // master-key rotation (rotation re-encrypts items, not blobs).
+        let sealed = crate::crypto::BlobEncryptor::seal_all(&self.keys.snapshot_key(), key.as_bytes(), &bytes);
+        self.store.put_blob_bytes(self.user(), &key, sealed.into()).await?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, mailbox: &str, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+        let key = snapshot_blob(mailbox, name);
+        match self.store.get_blob_bytes(self.user(), &key).await? {
+            Some(sealed) => crate::crypto::BlobDecryptor::open_all(&self.keys.snapshot_key(), key.as_bytes(), &sealed)
+                .map(Some)
+                .map_err(|e| LogError::Corrupt(format!("{key}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    async fn delete_snapshot(&self, mailbox: &str, name: &str) -> Result<(), LogError> {
+        self.store.delete_blob(self.user(), &snapshot_blob(mailbox, name)).await?;
+        Ok(())
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, Mutex};
 use super::chain::{encode, is_prefix, Link, Records};
 use super::index::MailboxIndex;
 use super::log::{LogError, LogStorage};
-use super::model::{keys, Announcement, Entry, Epoch, NodeSlot, Op, OpId, Outcome, Start};
+use super::model::{keys, Announcement, Checkpoint, Entry, Epoch, NodeSlot, Op, OpId, Outcome, Start};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MailError {
@@ -81,6 +81,9 @@ pub struct EngineConfig {
     pub forward_attempts: u32,
     /// UIDVALIDITY for mailboxes this node creates.
     pub uidvalidity: u32,
+    /// The sequencer writes a checkpoint every this many entries (0: never)
+    /// and trims the entries the previous checkpoint covers.
+    pub checkpoint_every: u64,
     pub mutation: Option<Mutation>,
 }
 
@@ -200,6 +203,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
     /// define is complete. Returns the chain (None: no mailbox yet).
     async fn read_log(&self, inner: &mut Inner) -> Result<Option<Vec<Link>>, MailError> {
         for _ in 0..16 {
+            self.read_into(inner, keys::CHECKPOINT, keys::CHECKPOINT).await?;
             let from = Self::entry_read_start(&inner.records);
             self.read_into(inner, keys::ENTRY, &from).await?;
             // After the entries: what decides whether they may be shown.
@@ -215,13 +219,39 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         Err(MailError::Unavailable("the log did not settle".into()))
     }
 
-    /// Moves the view forward to `chain`.
-    fn advance(&self, inner: &mut Inner, chain: Vec<Link>) {
+    /// Loads the base checkpoint's snapshot as a view.
+    async fn load_checkpoint(&self, c: &Checkpoint) -> Result<View, MailError> {
+        let bytes = self
+            .timed(self.storage.get_snapshot(&self.id, &c.snapshot))
+            .await?
+            .ok_or_else(|| MailError::Unavailable(format!("checkpoint {} not readable yet", c.snapshot)))?;
+        let index: MailboxIndex =
+            rmp_serde::from_slice(&bytes).map_err(|e| MailError::Corrupt(format!("checkpoint {}: {e}", c.snapshot)))?;
+        Ok(View {
+            chain: c.links.iter().map(|(epoch, upto)| Link { epoch: *epoch, upto: *upto }).collect(),
+            index,
+        })
+    }
+
+    /// Moves the view forward to `chain`: from where it is, or from the
+    /// base checkpoint when the view is behind it (or absent), since the
+    /// entries before the checkpoint may have been trimmed.
+    async fn advance(&self, inner: &mut Inner, chain: Vec<Link>) -> Result<(), MailError> {
         let uidvalidity = chain
             .first()
             .and_then(|root| inner.records.starts.get(&root.epoch))
             .map_or(self.cfg.uidvalidity, |s| s.uidvalidity);
-        let view = match inner.view.take() {
+        let base = inner.records.base_on(&chain).cloned();
+        let behind_base = |v: &View, b: &Checkpoint| {
+            let pos = v.chain.last().map_or((Epoch::default(), 0), |l| (l.epoch, l.upto));
+            pos < (b.epoch, b.seq)
+        };
+        let current = match (inner.view.take(), &base) {
+            (Some(v), Some(b)) if behind_base(&v, b) => Some(self.load_checkpoint(b).await?),
+            (None, Some(b)) => Some(self.load_checkpoint(b).await?),
+            (v, _) => v,
+        };
+        let view = match current {
             Some(mut v) if is_prefix(&v.chain, &chain) => {
                 for e in entries_after(&inner.records, &v.chain, &chain) {
                     v.index.apply(e);
@@ -235,11 +265,15 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                     // serve a state that is not the chain's.
                     log::error!("mailbox {}: the settled view is not a prefix of the log's chain; rebuilding", self.id);
                 }
-                let mut index = MailboxIndex::new(uidvalidity);
-                for e in inner.records.entries_of(&chain) {
-                    index.apply(e);
+                let mut v = match &base {
+                    Some(b) => self.load_checkpoint(b).await?,
+                    None => View { chain: vec![], index: MailboxIndex::new(uidvalidity) },
+                };
+                for e in entries_after(&inner.records, &v.chain, &chain) {
+                    v.index.apply(e);
                 }
-                View { chain, index }
+                v.chain = chain;
+                v
             }
         };
         if let Some(a) = &inner.active {
@@ -247,7 +281,56 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                 inner.active = None; // someone took over
             }
         }
+        // Entries the base checkpoint covers are never needed again.
+        if let Some(b) = &base {
+            let pos = (b.epoch, b.seq);
+            inner.records.entries.retain(|k, _| *k > pos);
+        }
         inner.view = Some(view);
+        Ok(())
+    }
+
+    /// On the sequencer, every `checkpoint_every` entries: snapshot the
+    /// settled view, point to it, and trim what the previous checkpoint
+    /// covered. Failures only delay the next checkpoint.
+    async fn maybe_checkpoint(&self, inner: &mut Inner, epoch: Epoch, seq: u64) {
+        if self.cfg.checkpoint_every == 0 || seq % self.cfg.checkpoint_every != 0 {
+            return;
+        }
+        let Some(view) = &inner.view else { return };
+        let Ok(bytes) = rmp_serde::to_vec_named(&view.index) else { return };
+        let c = Checkpoint {
+            epoch,
+            seq,
+            links: view.chain.iter().map(|l| (l.epoch, l.upto)).collect(),
+            snapshot: format!("{}-{:016x}", epoch.key(), seq),
+        };
+        if self.timed(self.storage.put_snapshot(&self.id, &c.snapshot, bytes)).await.is_err() {
+            return;
+        }
+        if self.timed(self.storage.put(&self.id, &keys::checkpoint(epoch, seq), encode(&c))).await.is_err() {
+            return;
+        }
+        let previous = inner.records.base().cloned();
+        inner.records.checkpoints.insert((epoch, seq), c);
+        // Keep one checkpoint of slack: nodes between the two still find
+        // their entries; older ones reload from the newest checkpoint.
+        if let Some(p) = previous {
+            let older: Vec<Checkpoint> = inner.records.checkpoints.range(..(p.epoch, p.seq)).map(|(_, c)| c.clone()).collect();
+            let upto = keys::entry(p.epoch, p.seq + 1);
+            if self.timed(self.storage.delete_range(&self.id, keys::ENTRY, keys::ENTRY, &upto)).await.is_ok() {
+                inner.records.entries.retain(|k, _| *k > (p.epoch, p.seq));
+            }
+            for o in older {
+                let key = keys::checkpoint(o.epoch, o.seq);
+                let next = keys::checkpoint(o.epoch, o.seq + 1);
+                if self.timed(self.storage.delete_range(&self.id, keys::CHECKPOINT, &key, &next)).await.is_ok()
+                    && self.timed(self.storage.delete_snapshot(&self.id, &o.snapshot)).await.is_ok()
+                {
+                    inner.records.checkpoints.remove(&(o.epoch, o.seq));
+                }
+            }
+        }
     }
 
     /// Brings the view up to date with everything settled in storage, so
@@ -279,8 +362,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             }
             _ => {
                 inner.pending = None;
-                self.advance(&mut inner, chain);
-                Ok(())
+                self.advance(&mut inner, chain).await
             }
         }
     }
@@ -303,15 +385,6 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             return Some(self.cfg.node);
         }
         inner.records.head().map(|h| h.node)
-    }
-
-    /// Every op id of the settled chain, in order (for checks and tests).
-    pub async fn settled_ops(&self) -> Vec<OpId> {
-        let inner = self.inner.lock().await;
-        match &inner.view {
-            Some(v) => inner.records.entries_of(&v.chain).flat_map(|e| e.ops.iter().map(|(id, _)| *id)).collect(),
-            None => vec![],
-        }
     }
 
     /// Becomes the sequencer: announce, read (with repair), start, check.
@@ -344,7 +417,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         inner.records.starts.insert(epoch, start);
         let chain = inner.records.chain().ok_or_else(|| MailError::Corrupt("chain broken after takeover".into()))?;
         inner.active = Some(Active { epoch, next_seq: 1, in_flight: false });
-        self.advance(inner, chain);
+        self.advance(inner, chain).await?;
         log::debug!("mailbox {}: node {} sequences in epoch {:?}", self.id, self.cfg.node, epoch);
         Ok(())
     }
@@ -424,6 +497,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             out
         };
         inner.records.entries.insert((epoch, seq), entry);
+        self.maybe_checkpoint(inner, epoch, seq).await;
         Ok(outcomes)
     }
 

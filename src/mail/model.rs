@@ -101,6 +101,19 @@ pub struct Start {
     pub uidvalidity: u32,
 }
 
+/// A snapshot of the settled view at entry (epoch, seq): the chain up to
+/// there and the index, stored as a blob named `snapshot`. Opening a
+/// mailbox reads the newest one and the entries after it; older entries
+/// are trimmed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub epoch: Epoch,
+    pub seq: u64,
+    /// The chain up to this point: (epoch, last entry) per link.
+    pub links: Vec<(Epoch, u64)>,
+    pub snapshot: String,
+}
+
 /// Storage keys of the records, all in one partition per mailbox so that
 /// one range read sees them. Fixed-width hex keeps sort order = log order.
 pub mod keys {
@@ -108,6 +121,7 @@ pub mod keys {
     pub const ANNOUNCE: &str = "a/";
     pub const START: &str = "s/";
     pub const ENTRY: &str = "e/";
+    pub const CHECKPOINT: &str = "c/";
     pub fn announce(e: Epoch) -> String {
         format!("{ANNOUNCE}{}", e.key())
     }
@@ -119,6 +133,9 @@ pub mod keys {
     }
     pub fn entries_of(e: Epoch) -> String {
         format!("{ENTRY}{}/", e.key())
+    }
+    pub fn checkpoint(e: Epoch, seq: u64) -> String {
+        format!("{CHECKPOINT}{}/{:016x}", e.key(), seq)
     }
     /// Parses `e/<epoch>/<seq>`.
     pub fn parse_entry(k: &str) -> Option<(Epoch, u64)> {

@@ -116,6 +116,7 @@ impl MailService {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs()) as u32)
                 .max(1),
+            checkpoint_every: 256,
             mutation: None,
         };
         let mut failed = None;
@@ -195,15 +196,65 @@ impl MailService {
         entry.mailbox.clone()
     }
 
-    /// A receiver that changes whenever the mailbox may have new entries
-    /// (pushed by its sequencer); IDLE waits on it, then refreshes.
+    /// A receiver that changes whenever the mailbox may have new entries;
+    /// IDLE waits on it, then refreshes. Changes are pushed by the
+    /// sequencer over the node RPC; as a fallback (a push lost with a
+    /// connection), the first watcher also long-polls the log in storage.
     pub fn watch(self: &Arc<Self>, keys: &Arc<UserKeys>, mailbox: &str) -> watch::Receiver<u64> {
         self.mailbox(keys, mailbox);
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        match open.get(&(keys.user, mailbox.to_string())) {
-            Some(o) => o.changes.subscribe(),
-            None => watch::channel(0).1,
+        let (rx, first) = {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get(&(keys.user, mailbox.to_string())) {
+                Some(o) => (o.changes.subscribe(), o.changes.receiver_count() == 1),
+                None => (watch::channel(0).1, false),
+            }
+        };
+        if first {
+            self.spawn_long_poll(keys.clone(), mailbox.to_string());
         }
+        rx
+    }
+
+    fn spawn_long_poll(self: &Arc<Self>, keys: Arc<UserKeys>, mailbox: String) {
+        let me = Arc::downgrade(self);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let partition = format!("log/{mailbox}");
+            let mut marker = None;
+            loop {
+                let watched = match me.upgrade() {
+                    Some(s) => {
+                        let open = s.open.lock().unwrap_or_else(|p| p.into_inner());
+                        open.get(&(keys.user, mailbox.clone())).is_some_and(|o| o.changes.receiver_count() > 0)
+                    }
+                    None => false,
+                };
+                if !watched {
+                    return;
+                }
+                match store
+                    .poll_range(&keys.user, &partition, Some("e/"), marker.as_ref(), Duration::from_secs(60))
+                    .await
+                {
+                    Ok(Some((items, m))) => {
+                        // The first answer is a snapshot: waking on it may be
+                        // spurious, which costs one refresh; missing an entry
+                        // written just before it would cost a lost wake-up.
+                        if !items.is_empty() {
+                            if let Some(s) = me.upgrade() {
+                                s.bump(&keys.user, &mailbox);
+                            }
+                        }
+                        marker = Some(m);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::debug!("long-poll of a mailbox log: {e}");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        });
     }
 
     fn bump(&self, user: &UserId, mailbox: &str) {
