@@ -82,6 +82,7 @@ async fn three_nodes_one_history() {
     let mb2 = svc[2].mailbox(&k, "inbox");
     mb2.refresh().await.unwrap();
     assert_eq!(mb2.snapshot().await.unwrap(), v, "both surviving regions agree");
+    drop((changes, mb1, mb2, svc));
     cluster.shutdown().await;
 }
 
@@ -202,6 +203,7 @@ async fn watchers_learn_of_changes_even_without_a_push() {
         Arc::new(NoPeers),
     );
     bare.submit(vec![append(1)]).await.unwrap();
+    let t = Instant::now();
     tokio::time::timeout(Duration::from_secs(30), changes.changed())
         .await
         .expect("the long-poll noticed the new entry")
@@ -209,5 +211,10 @@ async fn watchers_learn_of_changes_even_without_a_push() {
     let mb = svc[1].mailbox(&k, "quiet");
     mb.refresh().await.unwrap();
     assert_eq!(mb.snapshot().await.unwrap().len(), 1);
+    println!("woken after {:?}", t.elapsed());
+    // Closing the services ends their long-polls, so the nodes stop at once.
+    drop((changes, mb, svc));
+    let t = Instant::now();
     cluster.shutdown().await;
+    println!("shutdown took {:?}", t.elapsed());
 }

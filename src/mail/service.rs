@@ -57,6 +57,18 @@ impl PeerMessage for Changed {
 struct Open {
     mailbox: Arc<EngineMailbox>,
     changes: watch::Sender<u64>,
+    /// The storage long-poll, while anyone watches.
+    poller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // A long-poll holds an RPC open for up to a minute; closing the
+        // mailbox (or the service) must not leave it running.
+        if let Some(p) = self.poller.take() {
+            p.abort();
+        }
+    }
 }
 
 pub struct MailService {
@@ -191,6 +203,7 @@ impl MailService {
             Open {
                 mailbox: Arc::new(Mailbox::new(mailbox, self.cfg.clone(), storage, peers)),
                 changes: watch::channel(0).0,
+                poller: None,
             }
         });
         entry.mailbox.clone()
@@ -202,20 +215,20 @@ impl MailService {
     /// connection), the first watcher also long-polls the log in storage.
     pub fn watch(self: &Arc<Self>, keys: &Arc<UserKeys>, mailbox: &str) -> watch::Receiver<u64> {
         self.mailbox(keys, mailbox);
-        let (rx, first) = {
-            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            match open.get(&(keys.user, mailbox.to_string())) {
-                Some(o) => (o.changes.subscribe(), o.changes.receiver_count() == 1),
-                None => (watch::channel(0).1, false),
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        match open.get_mut(&(keys.user, mailbox.to_string())) {
+            Some(o) => {
+                let rx = o.changes.subscribe();
+                if o.poller.as_ref().is_none_or(|p| p.is_finished()) {
+                    o.poller = Some(self.spawn_long_poll(keys.clone(), mailbox.to_string()));
+                }
+                rx
             }
-        };
-        if first {
-            self.spawn_long_poll(keys.clone(), mailbox.to_string());
+            None => watch::channel(0).1,
         }
-        rx
     }
 
-    fn spawn_long_poll(self: &Arc<Self>, keys: Arc<UserKeys>, mailbox: String) {
+    fn spawn_long_poll(self: &Arc<Self>, keys: Arc<UserKeys>, mailbox: String) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -233,7 +246,7 @@ impl MailService {
                     return;
                 }
                 match store
-                    .poll_range(&keys.user, &partition, Some("e/"), marker.as_ref(), Duration::from_secs(60))
+                    .poll_range(&keys.user, &partition, Some("e/"), marker.as_ref(), Duration::from_secs(10))
                     .await
                 {
                     Ok(Some((items, m))) => {
@@ -254,7 +267,7 @@ impl MailService {
                     }
                 }
             }
-        });
+        })
     }
 
     fn bump(&self, user: &UserId, mailbox: &str) {

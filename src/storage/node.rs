@@ -364,7 +364,9 @@ impl Node {
         self.garage.system.netapp.drop_all_handlers();
         let run_system = self.run_system.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = run_system {
-            let _ = h.await;
+            // The network loop waits for requests in flight, and a peer's
+            // long-poll can hold one for its whole timeout: do not wait that long.
+            let _ = tokio::time::timeout(Duration::from_secs(3), h).await;
         }
         self.garage.system.cleanup();
         if let Ok(mut b) = self.background.lock() {
