@@ -133,5 +133,16 @@ async fn messages_are_stored_once_parsed_and_streamed() {
     }
     assert_eq!(n, raw.len());
     assert!(message_meta(&store, &k, "nowhere", id).await.unwrap().is_none());
+
+    // Deleting INBOX's data keeps the body: the archive still refers to it.
+    let (other, _) = store_message(&store, &k, "inbox", b"Subject: only here\r\n\r\nbye\r\n", 0).await.unwrap();
+    let freed = estafette::mail::cleanup::delete_mailbox_data(&store, &k, "inbox").await.unwrap();
+    assert_eq!(freed, 1, "only the body no other mailbox uses");
+    assert!(read_body(&store, &k, "archive", id).await.unwrap().is_some());
+    assert!(message_meta(&store, &k, "inbox", other).await.unwrap().is_none());
+    let freed = estafette::mail::cleanup::delete_mailbox_data(&store, &k, "archive").await.unwrap();
+    assert_eq!(freed, 1);
+    assert!(store.list_blobs(&k.user, "msg/").await.unwrap().is_empty(), "every body reclaimed");
+    drop(svc);
     cluster.shutdown().await;
 }

@@ -11,6 +11,7 @@ pub mod index;
 pub mod log;
 pub mod mailbox;
 pub mod mailboxes;
+pub mod cleanup;
 pub mod message;
 pub mod model;
 pub mod service;
