@@ -43,6 +43,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub users: UsersConfig,
+    #[serde(default)]
+    pub lmtp: LmtpConfig,
     /// Where this file was read from, for error messages; not part of the TOML.
     #[serde(skip)]
     pub source: PathBuf,
@@ -127,6 +129,44 @@ pub struct TlsConfig {
 pub struct UsersConfig {
     /// The users file (TOML): logins, password hashes, addresses.
     pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmtpConfig {
+    /// Largest message accepted (advertised as SIZE), e.g. "50M".
+    #[serde(default = "default_max_message")]
+    pub max_message_size: String,
+    /// Concurrent LMTP connections.
+    #[serde(default = "default_lmtp_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection may stay silent.
+    #[serde(default = "default_lmtp_idle")]
+    pub idle_timeout_secs: u64,
+    /// Host name in greetings and Received lines (default: the node name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig {
+            max_message_size: default_max_message(),
+            max_connections: default_lmtp_connections(),
+            idle_timeout_secs: default_lmtp_idle(),
+            hostname: None,
+        }
+    }
+}
+
+fn default_max_message() -> String {
+    "50MiB".into()
+}
+fn default_lmtp_connections() -> usize {
+    200
+}
+fn default_lmtp_idle() -> u64 {
+    300
 }
 
 fn yes() -> bool {
@@ -293,6 +333,18 @@ impl Config {
                 }
             }
         }
+        match parse_capacity(&self.lmtp.max_message_size) {
+            Ok(0) | Err(_) => {
+                return Err(self.invalid("lmtp.max_message_size", format!("`{}` is not a size like \"50M\"", self.lmtp.max_message_size)))
+            }
+            Ok(_) => {}
+        }
+        if self.lmtp.max_connections == 0 {
+            return Err(self.invalid("lmtp.max_connections", "must be at least 1"));
+        }
+        if self.listen.lmtp.is_some() && self.users.file.is_none() {
+            return Err(self.invalid("users.file", "listen.lmtp needs a users file to know the recipients"));
+        }
         if self.listen.imaps.is_some() && self.tls.is_none() {
             return Err(self.invalid("tls", "listen.imaps needs [tls] cert and key"));
         }
@@ -382,6 +434,9 @@ nodes = [ { name = "n1", region = "region-1", capacity = "1G", rpc_addr = "127.0
 [listen]
 imap = "127.0.0.1:1143"
 lmtp = "127.0.0.1:1025"
+
+[users]
+file = "/etc/estafette/users.toml"
 "#;
 
     fn err(text: &str) -> String {
@@ -418,6 +473,8 @@ lmtp = "127.0.0.1:1025"
             (GOOD.replace("lmtp = \"127.0.0.1:1025\"", "lmtp = \"127.0.0.1:1143\""), "listen.lmtp"),
             (GOOD.replace("[listen]", "[listen]\nimaps = \"127.0.0.1:1993\""), "tls"),
             (GOOD.replace("bind = \"127.0.0.1:3901\"", "bind = \"127.0.0.1:3902\""), "rpc.public_addr"),
+            (GOOD.replace("file = \"/etc/estafette/users.toml\"", ""), "users.file"),
+            (format!("{GOOD}\n[lmtp]\nmax_message_size = \"huge\"\n"), "lmtp.max_message_size"),
         ];
         for (text, key) in cases {
             let e = err(&text);

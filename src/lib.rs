@@ -6,6 +6,7 @@
 //! ```text
 //! cli      clap commands (server, dev, config, cluster, bench)
 //! server   wiring: config -> storage -> accounts -> ...; admin socket, metrics, signals
+//! lmtp     LMTP front end (delivery from the MTA)
 //! mail     the mailbox engine: logs, sequencer, UID/MODSEQ index
 //! accounts user directory, authentication, key unlock and cache, throttling
 //! crypto   key hierarchy and sealing, nothing else
@@ -20,6 +21,7 @@ pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod lmtp;
 pub mod logging;
 pub mod mail;
 pub mod server;

@@ -121,7 +121,7 @@ async fn kill_and_restart_a_region() {
     let supervisor = Command::new(exe())
         .args(["dev", "--regions", "3", "--data-dir"])
         .arg(&dir)
-        .args(["--rpc-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
+        .args(["--rpc-port", &free_port().to_string(), "--metrics-port", &free_port().to_string(), "--lmtp-port", &free_port().to_string()])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -124,6 +124,17 @@ impl KeyCache {
         session
     }
 
+    /// The keys of a user who has a live session on this node, if any (for
+    /// filing mail delivered to them here; no password involved, so only
+    /// keys a session already unlocked).
+    pub fn active_keys(&self, login: &str) -> Option<Arc<UserKeys>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(login)
+            .filter(|e| e.sessions.load(Ordering::Acquire) > 0)
+            .map(|e| e.keys.clone())
+    }
+
     /// Forgets a user's keys (password change, deletion).
     pub fn forget(&self, login: &str) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(login);

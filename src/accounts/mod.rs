@@ -346,6 +346,11 @@ impl Accounts {
         Ok(())
     }
 
+    /// The unlocked keys of a user with a live session on this node.
+    pub fn active_keys(&self, login: &str) -> Option<Arc<UserKeys>> {
+        self.cache.active_keys(login)
+    }
+
     /// Forgets cached keys of users without sessions past the grace time.
     pub fn sweep_cache(&self) {
         self.cache.sweep();

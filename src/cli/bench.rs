@@ -230,6 +230,7 @@ async fn idle_rss() -> Result<(), String> {
         .args(["dev", "--data-dir"])
         .arg(dir.path())
         .args(["--rpc-port", &port.to_string(), "--metrics-port", &mport.to_string()])
+        .args(["--lmtp-port", &crate::storage::local::free_port().map_err(|e| e.to_string())?.to_string()])
         .stdout(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
@@ -348,20 +349,30 @@ async fn mail(nodes: usize, ops: usize, messages: usize) -> Result<(), String> {
     println!("SELECT {n}-message mailbox: cold {:.1} ms, warm {:.2} ms; index {:.1} bytes/message resident", cold.as_secs_f64() * 1000.0, warm.as_secs_f64() * 1000.0, bytes as f64 / n.max(1) as f64);
 
     if nodes > 1 {
-        // Notification latency: an append acknowledged on node 1, seen by a
-        // watcher on the last node.
-        let mut watch = other.watch(&keys, "notify");
-        let mut lat = vec![];
+        // Notification latency: from the start of an append on node 1 to
+        // a watcher on the last node waking, next to the time to the ack.
+        let mut notified = vec![];
+        let mut acked = vec![];
         for i in 0..100u64 {
-            let _ = watch.borrow_and_update();
+            let mut watch = other.watch(&keys, "notify");
             let t = Instant::now();
+            let waiter = tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), watch.changed()).await;
+                Instant::now()
+            });
             sequencer.submit(&keys, "notify", append(50_000_000 + i)).await.map_err(e)?;
-            let acked = t.elapsed();
-            tokio::time::timeout(Duration::from_secs(5), watch.changed()).await.map_err(|_| "no notification".to_string())?.map_err(|e| e.to_string())?;
-            lat.push(t.elapsed() - acked);
+            acked.push(t.elapsed());
+            let woke = waiter.await.map_err(|e| e.to_string())?;
+            notified.push(woke.duration_since(t));
         }
-        lat.sort();
-        println!("notification, ack on node 1 -> watcher on node {nodes}: p50 {:.3} ms, p99 {:.3} ms", pct(&lat, 0.5), pct(&lat, 0.99));
+        notified.sort();
+        acked.sort();
+        println!(
+            "notification: append on node 1 -> watcher on node {nodes} woken: p50 {:.3} ms, p99 {:.3} ms (append acked: p50 {:.3} ms)",
+            pct(&notified, 0.5),
+            pct(&notified, 0.99),
+            pct(&acked, 0.5)
+        );
     }
     cluster.shutdown().await;
     Ok(())

@@ -29,6 +29,9 @@ pub struct DevArgs {
     /// Prometheus metrics port of every node.
     #[arg(long, default_value_t = 9187)]
     metrics_port: u16,
+    /// LMTP port of every node.
+    #[arg(long, default_value_t = 1025)]
+    lmtp_port: u16,
 }
 
 /// The per-user default state folder for dev appliances.
@@ -104,10 +107,11 @@ fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
         listen: ListenConfig {
             imap: None,
             imaps: None,
-            lmtp: None,
+            lmtp: Some(SocketAddr::new(node_ip(i), args.lmtp_port)),
             metrics: Some(SocketAddr::new(node_ip(i), args.metrics_port)),
         },
         tls: None,
+        lmtp: Default::default(),
         users: UsersConfig {
             file: Some(dir.join("users.toml")),
         },
@@ -152,9 +156,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("estafette dev: {} region(s), state in {}", args.regions, dir.display());
     for c in &configs {
         println!(
-            "  {} ({}): RPC {}, metrics http://{}/metrics, config {}",
+            "  {} ({}): LMTP {}, RPC {}, metrics http://{}/metrics, config {}",
             c.node.name,
             c.node.region,
+            c.listen.lmtp.map(|a| a.to_string()).unwrap_or_default(),
             c.rpc.bind,
             c.listen.metrics.map(|a| a.to_string()).unwrap_or_default(),
             c.source.display()

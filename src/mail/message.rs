@@ -234,6 +234,22 @@ pub async fn store_message(
     Ok((id, meta))
 }
 
+/// Writes the metadata of a body already stored (sealed with `key`) as
+/// `msg/<id>`: the filing of a queued delivery.
+pub async fn put_parsed(
+    store: &Store,
+    keys: &Arc<UserKeys>,
+    mailbox: &str,
+    id: MessageId,
+    key: &MasterKey,
+    raw: &[u8],
+    internal_date: i64,
+) -> Result<MessageMeta, StorageError> {
+    let meta = parse_meta(raw, internal_date);
+    put_meta(store, keys, mailbox, id, key, &meta).await?;
+    Ok(meta)
+}
+
 async fn put_meta(
     store: &Store,
     keys: &Arc<UserKeys>,

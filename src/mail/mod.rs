@@ -7,6 +7,7 @@
 //! code. docs/consistency.md states the invariants and argues why they hold.
 
 pub mod chain;
+pub mod incoming;
 pub mod index;
 pub mod log;
 pub mod mailbox;

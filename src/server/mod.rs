@@ -12,6 +12,8 @@ use std::sync::Arc;
 use crate::accounts::{Accounts, AccountsError, UsersFile};
 use crate::config::Config;
 use crate::crypto::KdfParams;
+use crate::lmtp::{Lmtp, LmtpLimits};
+use crate::mail::MailService;
 use crate::storage::{Node, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub enum ServerError {
     Admin { path: String, source: std::io::Error },
     #[error("metrics listener {addr}: {source}")]
     Metrics { addr: String, source: std::io::Error },
+    #[error("LMTP listener {addr}: {source}")]
+    Lmtp { addr: String, source: std::io::Error },
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
 }
@@ -33,6 +37,8 @@ pub struct Server {
     pub node: Arc<Node>,
     /// Present when the configuration names a users file.
     pub accounts: Option<Arc<Accounts>>,
+    /// The mailbox engine on this node.
+    pub mail: Arc<MailService>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     admin_socket: std::path::PathBuf,
 }
@@ -61,6 +67,30 @@ impl Server {
             }
             None => None,
         };
+        // Node slots are the layout's order: every node numbers them alike.
+        let secret = config.rpc_secret().map_err(|e| StorageError::Setup(e.to_string()))?;
+        let slots: Vec<_> = config.cluster.nodes.iter().map(|n| crate::storage::node_id(&secret, &n.name)).collect();
+        let slot = config.cluster.nodes.iter().position(|n| n.name == config.node.name).unwrap_or(0) as u8;
+        let mail = MailService::new(node.store(), node.peer_rpc().clone(), slots, slot)?;
+        if let (Some(addr), Some(accounts)) = (config.listen.lmtp, &accounts) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Lmtp { addr: addr.to_string(), source })?;
+            let lmtp = Arc::new(Lmtp {
+                accounts: accounts.clone(),
+                mail: mail.clone(),
+                store: node.store(),
+                hostname: config.lmtp.hostname.clone().unwrap_or_else(|| config.node.name.clone()),
+                limits: LmtpLimits {
+                    max_message: crate::config::parse_capacity(&config.lmtp.max_message_size).unwrap_or(50 << 20),
+                    max_connections: config.lmtp.max_connections,
+                    idle_timeout: std::time::Duration::from_secs(config.lmtp.idle_timeout_secs),
+                    ..LmtpLimits::default()
+                },
+            });
+            tasks.push(lmtp.serve(listener));
+            log::info!("LMTP on {addr}");
+        }
         let admin_socket = config.admin_socket();
         tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone()).await.map_err(|source| {
             ServerError::Admin {
@@ -83,7 +113,7 @@ impl Server {
             admin_socket.display(),
             config.listen.metrics.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default(),
         );
-        Ok(Server { node, accounts, tasks, admin_socket })
+        Ok(Server { node, accounts, mail, tasks, admin_socket })
     }
 
     /// Stops listeners, then the storage node.
@@ -91,6 +121,7 @@ impl Server {
         for t in &self.tasks {
             t.abort();
         }
+        drop(self.mail);
         let _ = std::fs::remove_file(&self.admin_socket);
         drop(self.tasks);
         self.node.shutdown().await;
