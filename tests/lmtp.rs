@@ -234,3 +234,57 @@ print("ok")
     assert!(String::from_utf8_lossy(&alice[0]).ends_with("line\r\n.dot\r\n"), "smtplib's dot-stuffing undone");
     f.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_attachment_arrives_intact() {
+    let f = fixture(1, 50 << 20).await;
+    // base64 lines of 76 characters, as MUAs send attachments.
+    let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n";
+    let lines = (20 << 20) / line.len();
+    let mut body = b"Subject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    for _ in 0..lines {
+        body.extend_from_slice(line.as_bytes());
+    }
+    body.extend_from_slice(b"--B--\r\n");
+    let mut input = b"LHLO client.test\r\nMAIL FROM:<a@b> SIZE=22000000\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n".to_vec();
+    input.extend_from_slice(&body);
+    input.extend_from_slice(b".\r\nQUIT\r\n");
+    let replies = converse(&f.lmtp, &input).await;
+    assert_eq!(codes(&replies)[4..6], ["354 2.0.0", "250 2.0.0"], "{replies:#?}");
+    let bodies = inbox_bodies(&f, "alice", "alice-pw").await;
+    let (_, rest) = strip_trace(&bodies[0]);
+    assert_eq!(rest.len(), body.len());
+    assert!(rest == body, "20 MiB body byte-identical");
+    f.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_survives_a_dead_region() {
+    let f = fixture(3, 10 << 20).await;
+    // Region 2 dies; delivery through node 1 still gets a quorum.
+    f.cluster.nodes[1].shutdown().await;
+    let mut input = b"LHLO client.test\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n".to_vec();
+    input.extend_from_slice(b"Subject: while region 2 was down\r\n\r\nstill here\r\n.\r\nQUIT\r\n");
+    let replies = converse(&f.lmtp, &input).await;
+    assert_eq!(codes(&replies)[4..6], ["354 2.0.0", "250 2.0.0"], "{replies:#?}");
+    // Read through node 3: a login there files and shows it.
+    let users = f.accounts.users_file().clone();
+    let accounts3 = Accounts::new(users, f.cluster.nodes[2].store(), KdfParams::insecure_for_tests());
+    let session = accounts3.login("alice", "alice-pw", PEER.ip()).await.unwrap();
+    let keys = session.keys().clone();
+    let slots: Vec<_> = f.cluster.nodes.iter().map(|n| n.peer_rpc().local_id()).collect();
+    let mail3 = MailService::new(f.cluster.nodes[2].store(), f.cluster.nodes[2].peer_rpc().clone(), slots, 2).unwrap();
+    assert_eq!(incoming::file_incoming(&mail3, &f.cluster.nodes[2].store(), &keys).await.unwrap(), 1);
+    let mb = mail3.mailbox(&keys, "inbox");
+    mb.refresh().await.unwrap();
+    let id = mb.snapshot().await.unwrap().messages()[0].id;
+    let mut body = message::read_body(&f.cluster.nodes[2].store(), &keys, "inbox", id).await.unwrap().unwrap();
+    let mut bytes = vec![];
+    while let Some(c) = body.next().await {
+        bytes.extend(c.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&bytes).ends_with("Subject: while region 2 was down\r\n\r\nstill here\r\n"));
+    drop((mb, mail3));
+    f.cluster.nodes[0].shutdown().await;
+    f.cluster.nodes[2].shutdown().await;
+}
