@@ -37,6 +37,22 @@ pub enum BenchCommand {
     },
     /// Resident memory of an idle single-node `estafette dev` process.
     IdleRss,
+    /// An LMTP server (ours or any other, e.g. Dovecot's): deliveries per
+    /// second and the time from the end of DATA to the reply.
+    Lmtp {
+        /// host:port of the LMTP server.
+        #[arg(long)]
+        target: String,
+        /// Recipient address (must exist on the target).
+        #[arg(long)]
+        rcpt: String,
+        /// Messages per run.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Label for the output.
+        #[arg(long, default_value = "lmtp")]
+        label: String,
+    },
     /// The mailbox engine: appends through the sequencer, SELECT of a big
     /// mailbox cold and warm, bytes per message, notification latency.
     Mail {
@@ -59,6 +75,7 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
         }
         BenchCommand::IdleRss => idle_rss().await,
         BenchCommand::Mail { nodes, ops, messages } => mail(nodes, ops, messages).await,
+        BenchCommand::Lmtp { target, rcpt, messages, label } => lmtp(&target, &rcpt, messages, &label).await,
     }
 }
 
@@ -375,5 +392,81 @@ async fn mail(nodes: usize, ops: usize, messages: usize) -> Result<(), String> {
         );
     }
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// One LMTP connection delivering `n` messages of `size` bytes; returns the
+/// time from the end of DATA to the reply, per message.
+async fn lmtp_client(target: &str, rcpt: &str, n: usize, size: usize) -> Result<Vec<Duration>, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(target).await.map_err(|e| format!("{target}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    // Reads one reply (possibly multi-line); returns its code.
+    async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, line: &mut String) -> Result<String, String> {
+        loop {
+            line.clear();
+            if r.read_line(line).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed".into());
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.get(..3).unwrap_or("").to_string());
+            }
+        }
+    }
+    reply(&mut r, &mut line).await?;
+    w.write_all(b"LHLO bench.test\r\n").await.map_err(|e| e.to_string())?;
+    reply(&mut r, &mut line).await?;
+    let filler = "The quick brown fox jumps over the lazy dog. 0123456789 abcdefghij\r\n";
+    let mut body = String::from("From: bench@example.test\r\nSubject: benchmark\r\n\r\n");
+    while body.len() < size {
+        body.push_str(filler);
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let head = format!("MAIL FROM:<bench@example.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+        w.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+        for want in ["250", "250", "354"] {
+            let got = reply(&mut r, &mut line).await?;
+            if got != want {
+                return Err(format!("expected {want}, got: {}", line.trim_end()));
+            }
+        }
+        w.write_all(body.as_bytes()).await.map_err(|e| e.to_string())?;
+        w.write_all(b".\r\n").await.map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let got = reply(&mut r, &mut line).await?;
+        lat.push(t.elapsed());
+        if got != "250" {
+            return Err(format!("delivery refused: {}", line.trim_end()));
+        }
+    }
+    let _ = w.write_all(b"QUIT\r\n").await;
+    Ok(lat)
+}
+
+async fn lmtp(target: &str, rcpt: &str, messages: usize, label: &str) -> Result<(), String> {
+    for size in [5 * 1024, 100 * 1024] {
+        for conns in [1usize, 10] {
+            let per = (messages / conns).max(1);
+            let start = Instant::now();
+            let runs = futures::future::join_all((0..conns).map(|_| lmtp_client(target, rcpt, per, size))).await;
+            let elapsed = start.elapsed();
+            let mut lat: Vec<Duration> = vec![];
+            for r in runs {
+                lat.extend(r?);
+            }
+            lat.sort();
+            println!(
+                "{label:<10} {:>4} KiB x{conns:<3} {:>8.0} msg/s   end of DATA -> 250: p50 {:>7.2} ms  p99 {:>7.2} ms",
+                size / 1024,
+                lat.len() as f64 / elapsed.as_secs_f64(),
+                pct(&lat, 0.5),
+                pct(&lat, 0.99)
+            );
+        }
+    }
     Ok(())
 }
