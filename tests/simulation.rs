@@ -81,7 +81,11 @@ impl World {
     }
     fn log(&self, f: impl FnOnce() -> String) {
         if self.tracing {
-            self.trace.lock().unwrap().push(f());
+            let line = f();
+            if std::env::var_os("ESTAFETTE_SIM_LIVE").is_some() {
+                eprintln!("{line}");
+            }
+            self.trace.lock().unwrap().push(line);
         }
     }
 }
@@ -129,6 +133,10 @@ impl SimStorage {
     }
 }
 
+/// A deleted record: like Garage's tombstones, it wins every merge, so a
+/// replica that missed the delete cannot bring the record back.
+const TOMBSTONE: &[u8] = b"\0tombstone";
+
 fn full_key(mailbox: &str, key: &str) -> String {
     format!("{mailbox}\0{key}")
 }
@@ -141,7 +149,7 @@ impl LogStorage for SimStorage {
             move |rep| {
                 let mut m = rep.lock().unwrap();
                 let vals = m.entry(k.clone()).or_default();
-                if !vals.contains(&value) {
+                if !vals.contains(&value) && !vals.iter().any(|v| v == TOMBSTONE) {
                     vals.push(value.clone());
                 }
             },
@@ -181,6 +189,9 @@ impl LogStorage for SimStorage {
                         e.push(v.clone());
                     }
                 }
+                if e.iter().any(|v| v == TOMBSTONE) {
+                    *e = vec![TOMBSTONE.to_vec()];
+                }
             }
         }
         if monotonic {
@@ -201,6 +212,9 @@ impl LogStorage for SimStorage {
                                     e.push(v.clone());
                                 }
                             }
+                            if e.iter().any(|v| v == TOMBSTONE) {
+                                *e = vec![TOMBSTONE.to_vec()];
+                            }
                         }
                     },
                     2,
@@ -209,14 +223,22 @@ impl LogStorage for SimStorage {
             }
         }
         let skip = mailbox.len() + 1;
-        Ok(merged.into_iter().map(|(k, v)| (k[skip..].to_string(), v)).collect())
+        Ok(merged
+            .into_iter()
+            .filter(|(_, v)| !v.iter().any(|v| v == TOMBSTONE))
+            .map(|(k, v)| (k[skip..].to_string(), v))
+            .collect())
     }
 
     async fn delete_range(&self, mailbox: &str, prefix: &str, from: &str, to: &str) -> Result<(), LogError> {
         let (p, f, t) = (full_key(mailbox, prefix), full_key(mailbox, from), full_key(mailbox, to));
         self.round(
             move |rep| {
-                rep.lock().unwrap().retain(|k, _| !(k.starts_with(&p) && *k >= f && *k < t));
+                for (k, v) in rep.lock().unwrap().iter_mut() {
+                    if k.starts_with(&p) && *k >= f && *k < t {
+                        *v = vec![TOMBSTONE.to_vec()];
+                    }
+                }
             },
             2,
         )
@@ -593,7 +615,11 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
                     continue;
                 }
                 if let Some(v) = mb.snapshot().await {
-                    world.log(|| format!("client {c} @node {node}: uidnext {} hms {} n {}", v.uidnext, v.highestmodseq, v.len()));
+                    let pos = if world.tracing { format!("{:?}", mb.position().await) } else { String::new() };
+                    world.log(|| format!("client {c} @node {node}: uidnext {} hms {} n {} at {pos}", v.uidnext, v.highestmodseq, v.len()));
+                    if mb.rebuilds() > 0 {
+                        oracle.lock().unwrap().fail(format!("node {node} rebuilt its view: the chain forked"));
+                    }
                     oracle.lock().unwrap().observe(c, &v);
                 }
                 let known: Vec<u32> = oracle.lock().unwrap().clients[c].known.keys().copied().collect();
@@ -644,9 +670,12 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
     let mut settled = false;
     for attempt in 0..20u64 {
         let mb = nodes.get((attempt as usize) % n_nodes);
-        if mb.submit(vec![(u64::MAX - attempt, Op::Expunge { uids: vec![] })]).await.is_ok() {
-            settled = true;
-            break;
+        match mb.submit(vec![(u64::MAX - attempt, Op::Expunge { uids: vec![] })]).await {
+            Ok(_) => {
+                settled = true;
+                break;
+            }
+            Err(e) => world.log(|| format!("settling op failed: {e}")),
         }
     }
     // Requests still in flight (a forwarded batch whose caller gave up)
@@ -680,7 +709,12 @@ async fn simulate(seed: u64, mutation: Option<Mutation>, tracing: bool) -> Outco
     }
     o.check_final(&views);
     let takeovers = world.replicas[0].lock().unwrap().keys().filter(|k| k.contains("\0s/")).count() as u64;
-    let checkpoints = world.replicas[0].lock().unwrap().keys().filter(|k| k.contains("\0c/")).count() as u64;
+    let checkpoints = world.replicas[0]
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| k.contains("\0c/") && !v.iter().any(|v| v == TOMBSTONE))
+        .count() as u64;
     let trace = world.trace.lock().unwrap().clone();
     Outcome_ {
         checkpoints,
@@ -767,8 +801,14 @@ fn a_seed_replays_identically() {
 #[test]
 fn the_oracle_catches_broken_engines() {
     // Each deliberate bug must be found within this many seeds.
-    let budget = std::env::var("ESTAFETTE_SIM_MUTATION_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
-    for m in [Mutation::SkipAnnouncementCheck, Mutation::NoReadRepair, Mutation::IgnorePending, Mutation::EarlyFence] {
+    let budget = std::env::var("ESTAFETTE_SIM_MUTATION_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    for m in [
+        Mutation::SkipAnnouncementCheck,
+        Mutation::NoReadRepair,
+        Mutation::IgnorePending,
+        Mutation::EarlyFence,
+        Mutation::CheckpointsFirst,
+    ] {
         let (failures, _, _, _) = run_many(1_000_000, budget, Some(m), true);
         assert!(!failures.is_empty(), "mutation {m:?} went unnoticed over {budget} seeds");
         println!("mutation {m:?}: caught by seed {} ({})", failures[0].0, failures[0].1[0]);

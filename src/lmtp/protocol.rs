@@ -102,7 +102,10 @@ pub fn parse(line: &str) -> Result<Command, Reject> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let s = s.trim_start();
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)).then(|| &s[prefix.len()..])
+    // `get` rather than indexing: a multi-byte character at the boundary
+    // is simply not a match (indexing would panic).
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// One line of the DATA section, as read (with its line ending): returns
@@ -151,6 +154,29 @@ mod tests {
         assert_eq!(parse("RCPT TO:<a@b> NOTIFY=NEVER").unwrap_err().0, "555 5.5.4");
         assert_eq!(parse("FOO").unwrap_err().0, "500 5.5.2");
         assert_eq!(parse("LHLO").unwrap_err().0, "501 5.5.4");
+        // Multi-byte text where an ASCII keyword is expected: an error, not a panic.
+        assert_eq!(parse("MAIL ééééé").unwrap_err().0, "501 5.5.4");
+        assert_eq!(parse("RCPT TOé:<a@b>").unwrap_err().0, "501 5.5.4");
+        assert_eq!(parse("\u{1F600}").unwrap_err().0, "500 5.5.2");
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let words = ["MAIL FROM:", "RCPT TO:", "LHLO", "<", ">", "@", "é", " ", "SIZE=", "BODY=", "\r\n", ":", "="];
+        for _ in 0..20_000 {
+            let mut line = String::new();
+            for _ in 0..rng.random_range(0..8) {
+                if rng.random_bool(0.7) {
+                    line.push_str(words[rng.random_range(0..words.len())]);
+                } else {
+                    line.push(char::from_u32(rng.random_range(0..0x11000)).unwrap_or('x'));
+                }
+            }
+            let _ = parse(&line);
+            let _ = data_line(line.as_bytes());
+        }
     }
 
     #[test]

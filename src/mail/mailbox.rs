@@ -69,6 +69,9 @@ pub enum Mutation {
     IgnorePending,
     /// Fence one entry short of what was read.
     EarlyFence,
+    /// Read the checkpoints before the entries (a trim in between hides
+    /// entries behind a checkpoint the reader does not know yet).
+    CheckpointsFirst,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +130,9 @@ pub struct Mailbox<S: LogStorage, P: Peers> {
     peers: Arc<P>,
     inner: Mutex<Inner>,
     queue: std::sync::Mutex<Vec<Waiter>>,
+    /// Times the view had to be rebuilt because it was not a prefix of the
+    /// chain: always 0 if the protocol holds (the simulation checks it).
+    rebuilds: std::sync::atomic::AtomicU64,
 }
 
 /// Entries of `new` not covered by `old` (a prefix of it), in order.
@@ -157,6 +163,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                 pending: None,
             }),
             queue: std::sync::Mutex::new(vec![]),
+            rebuilds: Default::default(),
         }
     }
 
@@ -203,9 +210,17 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
     /// define is complete. Returns the chain (None: no mailbox yet).
     async fn read_log(&self, inner: &mut Inner) -> Result<Option<Vec<Link>>, MailError> {
         for _ in 0..16 {
-            self.read_into(inner, keys::CHECKPOINT, keys::CHECKPOINT).await?;
+            if self.mutated(Mutation::CheckpointsFirst) {
+                self.read_into(inner, keys::CHECKPOINT, keys::CHECKPOINT).await?;
+            }
             let from = Self::entry_read_start(&inner.records);
             self.read_into(inner, keys::ENTRY, &from).await?;
+            // Checkpoints after the entries: entries are trimmed only once a
+            // newer checkpoint is written, so whatever this entry read found
+            // missing, this read finds covered.
+            if !self.mutated(Mutation::CheckpointsFirst) {
+                self.read_into(inner, keys::CHECKPOINT, keys::CHECKPOINT).await?;
+            }
             // After the entries: what decides whether they may be shown.
             self.read_into(inner, keys::START, keys::START).await?;
             self.read_into(inner, keys::ANNOUNCE, keys::ANNOUNCE).await?;
@@ -247,7 +262,13 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             pos < (b.epoch, b.seq)
         };
         let current = match (inner.view.take(), &base) {
-            (Some(v), Some(b)) if behind_base(&v, b) => Some(self.load_checkpoint(b).await?),
+            (Some(v), Some(b)) if behind_base(&v, b) => match self.load_checkpoint(b).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    inner.view = Some(v); // keep what we had
+                    return Err(e);
+                }
+            },
             (None, Some(b)) => Some(self.load_checkpoint(b).await?),
             (v, _) => v,
         };
@@ -260,13 +281,25 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                 v
             }
             old => {
-                if old.is_some() {
+                if let Some(o) = &old {
                     // Cannot happen if the protocol holds; rebuild rather than
                     // serve a state that is not the chain's.
-                    log::error!("mailbox {}: the settled view is not a prefix of the log's chain; rebuilding", self.id);
+                    self.rebuilds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log::error!(
+                        "mailbox {}: the settled view {:?} is not a prefix of the log's chain {:?}; rebuilding",
+                        self.id,
+                        o.chain,
+                        chain
+                    );
                 }
                 let mut v = match &base {
-                    Some(b) => self.load_checkpoint(b).await?,
+                    Some(b) => match self.load_checkpoint(b).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            inner.view = old;
+                            return Err(e);
+                        }
+                    },
                     None => View { chain: vec![], index: MailboxIndex::new(uidvalidity) },
                 };
                 for e in entries_after(&inner.records, &v.chain, &chain) {
@@ -367,6 +400,17 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         }
     }
 
+    /// How often the view was rebuilt (see `rebuilds`).
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where the settled view ends: the chain, as (epoch, last entry) links.
+    pub async fn position(&self) -> Vec<(Epoch, u64)> {
+        let inner = self.inner.lock().await;
+        inner.view.as_ref().map(|v| v.chain.iter().map(|l| (l.epoch, l.upto)).collect()).unwrap_or_default()
+    }
+
     /// The settled state (None: the mailbox has no log yet).
     pub async fn snapshot(&self) -> Option<MailboxIndex> {
         self.inner.lock().await.view.as_ref().map(|v| v.index.clone())
@@ -416,8 +460,8 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         }
         inner.records.starts.insert(epoch, start);
         let chain = inner.records.chain().ok_or_else(|| MailError::Corrupt("chain broken after takeover".into()))?;
-        inner.active = Some(Active { epoch, next_seq: 1, in_flight: false });
         self.advance(inner, chain).await?;
+        inner.active = Some(Active { epoch, next_seq: 1, in_flight: false });
         log::debug!("mailbox {}: node {} sequences in epoch {:?}", self.id, self.cfg.node, epoch);
         Ok(())
     }
@@ -459,7 +503,10 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         let epoch = inner.active.as_ref().map(|a| a.epoch).unwrap_or_default();
         let seq = inner.active.as_ref().map_or(1, |a| a.next_seq);
         {
-            let view = inner.view.as_ref().ok_or_else(|| MailError::Corrupt("no view after takeover".into()))?;
+            let Some(view) = inner.view.as_ref() else {
+                inner.active = None;
+                return Err(MailError::Unavailable("the mailbox state is not loaded yet".into()));
+            };
             for (_, op) in &ops {
                 view.index.check(op).map_err(|e| MailError::Invalid(e.to_string()))?;
             }
