@@ -288,3 +288,39 @@ async fn delivery_survives_a_dead_region() {
     f.cluster.nodes[0].shutdown().await;
     f.cluster.nodes[2].shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_the_keys_files_mail_delivered_elsewhere() {
+    let f = fixture(2, 10 << 20).await;
+    // Alice has a session on node 2 (her INBOX open there), none on node 1.
+    let users = f.accounts.users_file().clone();
+    let accounts2 = Accounts::new(users, f.cluster.nodes[1].store(), KdfParams::insecure_for_tests());
+    let session = accounts2.login("alice", "alice-pw", PEER.ip()).await.unwrap();
+    let keys = session.keys().clone();
+    let slots: Vec<_> = f.cluster.nodes.iter().map(|n| n.peer_rpc().local_id()).collect();
+    let mail2 = MailService::new(f.cluster.nodes[1].store(), f.cluster.nodes[1].peer_rpc().clone(), slots, 1).unwrap();
+    let inbox = mail2.mailbox(&keys, "inbox");
+    let mut changes = mail2.watch(&keys, "inbox");
+
+    // Delivered through node 1, which has no keys for her.
+    let mut input = b"LHLO client.test\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n".to_vec();
+    input.extend_from_slice(b"Subject: filed by the node that holds the keys\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+    let replies = converse(&f.lmtp, &input).await;
+    assert_eq!(codes(&replies)[4..6], ["354 2.0.0", "250 2.0.0"], "{replies:#?}");
+
+    // Node 2 files it into INBOX without any new login, and empties the queue.
+    let uid = f.accounts.directory().user_id("alice");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        inbox.refresh().await.unwrap();
+        let filed = inbox.snapshot().await.is_some_and(|v| v.len() == 1);
+        let queued = incoming::queued(&f.cluster.nodes[0].store(), &uid).await.unwrap();
+        if filed && queued == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not filed (filed: {filed}, still queued: {queued})");
+        let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
+    }
+    drop((changes, inbox, mail2, session));
+    f.cluster.shutdown().await;
+}

@@ -322,14 +322,18 @@ impl Lmtp {
             msg.extend_from_slice(body);
             match incoming::deliver(&self.store, &r.user, &r.public, &msg, now.timestamp()).await {
                 Ok(_) => {
-                    // The recipient has a session here: file it now.
-                    if let Some(keys) = self.accounts.active_keys(&r.login) {
-                        let (mail, store) = (self.mail.clone(), self.store.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = incoming::file_incoming(&mail, &store, &keys).await {
-                                log::warn!("filing a delivery: {e}");
-                            }
-                        });
+                    match self.accounts.active_keys(&r.login) {
+                        // The recipient has a session here: file it now.
+                        Some(keys) => {
+                            let (mail, store) = (self.mail.clone(), self.store.clone());
+                            tokio::spawn(async move {
+                                if let Err(e) = incoming::file_incoming(&mail, &store, &keys).await {
+                                    log::warn!("filing a delivery: {e}");
+                                }
+                            });
+                        }
+                        // Else whichever node holds their keys (if any) files it.
+                        None => self.mail.incoming_for(&r.user),
                     }
                     "250 2.0.0 delivered\r\n".to_string()
                 }

@@ -54,8 +54,22 @@ impl PeerMessage for Changed {
     const PATH: &'static str = "estafette/mail/Changed";
 }
 
+/// "Mail was queued for this user": any node holding the user's keys (an
+/// open mailbox engine) files it into INBOX.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Incoming {
+    user: [u8; 32],
+}
+
+impl PeerMessage for Incoming {
+    type Response = ();
+    const PATH: &'static str = "estafette/mail/Incoming";
+}
+
 struct Open {
     mailbox: Arc<EngineMailbox>,
+    /// The owner's keys, held while the engine is open.
+    keys: Arc<UserKeys>,
     changes: watch::Sender<u64>,
     /// The storage long-poll, while anyone watches.
     poller: Option<tokio::task::JoinHandle<()>>,
@@ -81,6 +95,7 @@ pub struct MailService {
     // Always Some once `new` returned Ok.
     sequence_ep: Option<PeerEndpoint<SequenceRequest>>,
     changed_ep: Option<PeerEndpoint<Changed>>,
+    incoming_ep: Option<PeerEndpoint<Incoming>>,
 }
 
 /// Forwarding over the node RPC, for one user's mailboxes.
@@ -153,11 +168,21 @@ impl MailService {
                     Ok(())
                 })
             });
-            let (sequence_ep, changed_ep) = match (sequence_ep, changed_ep) {
-                (Ok(s), Ok(c)) => (Some(s), Some(c)),
-                (Err(e), _) | (_, Err(e)) => {
+            let w = me.clone();
+            let incoming_ep = rpc.register::<Incoming, _>(move |_from, msg| {
+                let w = w.clone();
+                Box::pin(async move {
+                    if let Some(service) = w.upgrade() {
+                        service.file_if_holding(&UserId(msg.user));
+                    }
+                    Ok(())
+                })
+            });
+            let (sequence_ep, changed_ep, incoming_ep) = match (sequence_ep, changed_ep, incoming_ep) {
+                (Ok(s), Ok(c), Ok(i)) => (Some(s), Some(c), Some(i)),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     failed = Some(e);
-                    (None, None)
+                    (None, None, None)
                 }
             };
             MailService {
@@ -168,6 +193,7 @@ impl MailService {
                 open: Mutex::new(HashMap::new()),
                 sequence_ep,
                 changed_ep,
+                incoming_ep,
             }
         });
         match failed {
@@ -202,6 +228,7 @@ impl MailService {
             });
             Open {
                 mailbox: Arc::new(Mailbox::new(mailbox, self.cfg.clone(), storage, peers)),
+                keys: keys.clone(),
                 changes: watch::channel(0).0,
                 poller: None,
             }
@@ -305,6 +332,41 @@ impl MailService {
         let out = mb.submit(ops).await?;
         self.announce_change(&keys.user, mailbox);
         Ok(out)
+    }
+
+    /// The keys of `user` if an engine of theirs is open on this node.
+    pub fn keys_for(&self, user: &UserId) -> Option<Arc<UserKeys>> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.iter().find(|((u, _), _)| u == user).map(|(_, o)| o.keys.clone())
+    }
+
+    /// Files the user's queued mail if this node holds their keys.
+    fn file_if_holding(self: &Arc<Self>, user: &UserId) -> bool {
+        let Some(keys) = self.keys_for(user) else { return false };
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::incoming::file_incoming(&me, &me.store, &keys).await {
+                log::warn!("filing queued mail: {e}");
+            }
+        });
+        true
+    }
+
+    /// After a delivery to a user with no session here: file it now if
+    /// this node holds their keys, else ask the nodes that might.
+    pub fn incoming_for(self: &Arc<Self>, user: &UserId) {
+        if self.file_if_holding(user) {
+            return;
+        }
+        let msg = Incoming { user: user.0 };
+        for peer in self.rpc.connected_peers() {
+            let (me, msg) = (self.clone(), msg.clone());
+            tokio::spawn(async move {
+                if let Some(ep) = &me.incoming_ep {
+                    let _ = ep.call(peer, msg, Duration::from_secs(5)).await;
+                }
+            });
+        }
     }
 
     /// Closes engines nobody holds (their keys leave memory with them).
