@@ -41,7 +41,6 @@ async fn three_regions_replicate_and_talk() {
         let token = it.token.clone();
         tokio::spawn(async move { s.poll_item(&U, "p", "k", Some(&token), Duration::from_secs(30)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
     n1.store().insert(&U, "p", "k", b"changed".to_vec(), Some(&it.token)).await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap().unwrap().values, vec![b"changed".to_vec()]);
 
