@@ -324,3 +324,26 @@ async fn a_node_holding_the_keys_files_mail_delivered_elsewhere() {
     drop((changes, inbox, mail2, session));
     f.cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filing_leaves_a_delivery_whose_body_is_still_being_written() {
+    let f = fixture(1, 10 << 20).await;
+    let store = f.cluster.nodes[0].store();
+    let uid = f.accounts.directory().user_id("alice");
+    let pk = estafette::accounts::keys::public_key(&store, &uid).await.unwrap().unwrap();
+    // The queue entry has landed, the body not yet (they are written
+    // concurrently): filing now must neither file nor drop it.
+    let id = incoming::deliver(&store, &uid, &pk, b"Subject: slow\r\n\r\nbig body\r\n", chrono::Utc::now().timestamp()).await.unwrap();
+    let body_key = format!("msg/{id:016x}");
+    let sealed = store.get_blob_bytes(&uid, &body_key).await.unwrap().unwrap();
+    store.delete_blob(&uid, &body_key).await.unwrap();
+    let session = f.accounts.login("alice", "alice-pw", PEER.ip()).await.unwrap();
+    let keys = session.keys().clone();
+    assert_eq!(incoming::file_incoming(&f.mail, &store, &keys).await.unwrap(), 0);
+    assert_eq!(incoming::queued(&store, &uid).await.unwrap(), 1, "kept for later");
+    // The body arrives: the next filing files it.
+    store.put_blob_bytes(&uid, &body_key, sealed.into()).await.unwrap();
+    assert_eq!(incoming::file_incoming(&f.mail, &store, &keys).await.unwrap(), 1);
+    assert_eq!(incoming::queued(&store, &uid).await.unwrap(), 0);
+    f.cluster.shutdown().await;
+}

@@ -1,6 +1,6 @@
 //! Reclaiming space: deleting a mailbox's log, checkpoints and metadata,
-//! and collecting message bodies no mailbox refers to any more (bodies are
-//! shared by COPY, so they cannot be deleted with one mailbox).
+//! and those of its message bodies no other mailbox (nor a queued
+//! delivery) refers to (bodies are shared by COPY).
 //!
 //! These are whole-user scans, for mailbox deletion and maintenance, never
 //! on a request path.
@@ -33,18 +33,36 @@ async fn clear_partition(store: &Store, keys: &UserKeys, partition: &str) -> Res
 /// its log, checkpoints and message metadata; then the bodies nothing else
 /// refers to. Returns the number of bodies deleted.
 pub async fn delete_mailbox_data(store: &Store, keys: &Arc<UserKeys>, mailbox: &str) -> Result<usize, StorageError> {
+    let meta = format!("meta/{mailbox}");
+    let bodies: Vec<String> = store
+        .range(&keys.user, &meta, &Range::default())
+        .await?
+        .into_iter()
+        .map(|it| format!("msg/{}", it.sort_key))
+        .collect();
     clear_partition(store, keys, &format!("log/{mailbox}")).await?;
-    clear_partition(store, keys, &format!("meta/{mailbox}")).await?;
+    clear_partition(store, keys, &meta).await?;
     for snapshot in store.list_blobs(&keys.user, &format!("ckpt/{mailbox}/")).await? {
         store.delete_blob(&keys.user, &snapshot).await?;
     }
-    collect_bodies(store, keys, &[mailbox]).await
+    // This mailbox's bodies that nothing else refers to (COPY shares them).
+    let referenced = references(store, keys, &[mailbox]).await?;
+    let mut deleted = 0;
+    for body in bodies {
+        if !referenced.contains(&body) {
+            store.delete_blob(&keys.user, &body).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
-/// Deletes message bodies that no mailbox's metadata refers to. Mailboxes
-/// in `ignore` count as gone even if the partition index still lists them.
-pub async fn collect_bodies(store: &Store, keys: &Arc<UserKeys>, ignore: &[&str]) -> Result<usize, StorageError> {
+/// Every body a mailbox's metadata or a queued delivery refers to.
+async fn references(store: &Store, keys: &Arc<UserKeys>, ignore: &[&str]) -> Result<HashSet<String>, StorageError> {
     let mut referenced = HashSet::new();
+    for it in store.range(&keys.user, "incoming", &Range::default()).await? {
+        referenced.insert(format!("msg/{}", it.sort_key));
+    }
     for partition in store.list_partitions(&keys.user).await? {
         let Some(mailbox) = partition.strip_prefix("meta/") else { continue };
         if ignore.contains(&mailbox) {
@@ -54,12 +72,5 @@ pub async fn collect_bodies(store: &Store, keys: &Arc<UserKeys>, ignore: &[&str]
             referenced.insert(format!("msg/{}", it.sort_key));
         }
     }
-    let mut deleted = 0;
-    for blob in store.list_blobs(&keys.user, "msg/").await? {
-        if !referenced.contains(&blob) {
-            store.delete_blob(&keys.user, &blob).await?;
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
+    Ok(referenced)
 }

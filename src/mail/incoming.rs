@@ -27,6 +27,8 @@ use crate::crypto::{BlobEncryptor, MasterKey, PublicKey};
 use crate::storage::{Range, Store, StorageError, UserId};
 
 const PARTITION: &str = "incoming";
+/// A queue entry whose body is still missing after this long is an orphan.
+const ORPHAN_AFTER_SECS: i64 = 3600;
 
 #[derive(Serialize, Deserialize)]
 struct Envelope {
@@ -82,9 +84,14 @@ pub async fn file_incoming(service: &Arc<MailService>, store: &Store, keys: &Arc
         let key = MasterKey::from_bytes(env.blob_key);
         let blob_name = format!("msg/{:016x}", env.message);
         let Some(reader) = store.get_blob(&keys.user, &blob_name).await? else {
-            // The body write failed after the queue write (LMTP answered
-            // 451 and the sender will retry): drop the orphan entry.
-            store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
+            // The body and the queue entry are written concurrently: a
+            // delivery may still be under way. Only an old entry without a
+            // body is an orphan (the body write failed, LMTP answered 451
+            // and the sender retried): drop it then.
+            let age = chrono::Utc::now().timestamp() - env.internal_date;
+            if age > ORPHAN_AFTER_SECS {
+                store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
+            }
             continue;
         };
         let mut dec = crate::crypto::BlobDecryptor::new(&key, blob_name.as_bytes());
