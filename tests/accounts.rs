@@ -3,8 +3,9 @@
 //! isolation between users, the key cache, throttling, deletion, and that
 //! no plaintext reaches Garage's directories.
 
+mod common;
+
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -214,24 +215,6 @@ async fn deleting_a_user_removes_their_data() {
     f.cluster.shutdown().await;
 }
 
-fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = vec![];
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(p.display().to_string());
-                }
-            }
-        }
-    }
-    hits
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plaintext_reaches_garage() {
     let f = fixture().await;
@@ -252,7 +235,7 @@ async fn no_plaintext_reaches_garage() {
     f.cluster.shutdown().await;
     let garage_dir = f.dir.path().join("cluster");
     for needle in ["PLAINTEXT-CANARY", "alice@example.test", "alice", "hunter2"] {
-        let hits = grep_dir(&garage_dir, needle.as_bytes());
+        let hits = common::grep_dir(&garage_dir, needle.as_bytes());
         assert!(hits.is_empty(), "`{needle}` found in {hits:?}");
     }
 }

@@ -2,6 +2,8 @@
 //! rename with children, delete, subscriptions, concurrent creation of one
 //! name; messages stored once, parsed, streamed back, copied, sequenced.
 
+mod common;
+
 use std::sync::Arc;
 
 use estafette::accounts::UserKeys;
@@ -65,24 +67,8 @@ async fn mailbox_list_operations() {
 
     // Mailbox names never reach storage in the clear.
     cluster.shutdown().await;
-    let hits = grep(&dir.path().join("c"), b"Nightjar");
+    let hits = common::grep_dir(&dir.path().join("c"), b"Nightjar");
     assert!(hits.is_empty(), "mailbox name found in {hits:?}");
-}
-
-fn grep(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = vec![];
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false) {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -376,20 +376,9 @@ async fn purge(store: &Store, uid: &UserId) -> Result<(usize, usize), AccountsEr
         }
         for partition in store.list_partitions(uid).await? {
             let live = store.range(uid, &partition, &Range::default()).await?;
-            for chunk in live.chunks(500) {
-                let writes = chunk
-                    .iter()
-                    .map(|it| crate::storage::ItemWrite {
-                        partition: partition.clone(),
-                        sort_key: it.sort_key.clone(),
-                        value: None,
-                        token: Some(it.token.clone()),
-                    })
-                    .collect();
-                store.insert_batch(uid, writes).await?;
-                items += chunk.len();
-                found += chunk.len();
-            }
+            store.delete_items(uid, &partition, &live).await?;
+            items += live.len();
+            found += live.len();
         }
         if found == 0 {
             break;

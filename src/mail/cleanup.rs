@@ -9,23 +9,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::accounts::UserKeys;
-use crate::storage::{ItemWrite, Range, Store, StorageError};
+use crate::storage::{Range, Store, StorageError};
 
 /// Deletes every item of a partition.
 async fn clear_partition(store: &Store, keys: &UserKeys, partition: &str) -> Result<usize, StorageError> {
     let items = store.range(&keys.user, partition, &Range::default()).await?;
-    for chunk in items.chunks(500) {
-        let writes = chunk
-            .iter()
-            .map(|it| ItemWrite {
-                partition: partition.to_string(),
-                sort_key: it.sort_key.clone(),
-                value: None,
-                token: Some(it.token.clone()),
-            })
-            .collect();
-        store.insert_batch(&keys.user, writes).await?;
-    }
+    store.delete_items(&keys.user, partition, &items).await?;
     Ok(items.len())
 }
 

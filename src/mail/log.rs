@@ -126,18 +126,7 @@ impl LogStorage for StoreLog {
             ..Default::default()
         };
         let items = self.store.range(self.user(), &p, &range).await?;
-        for chunk in items.chunks(500) {
-            let writes = chunk
-                .iter()
-                .map(|it| crate::storage::ItemWrite {
-                    partition: p.clone(),
-                    sort_key: it.sort_key.clone(),
-                    value: None,
-                    token: Some(it.token.clone()),
-                })
-                .collect();
-            self.store.insert_batch(self.user(), writes).await?;
-        }
+        self.store.delete_items(self.user(), &p, &items).await?;
         Ok(())
     }
 

@@ -167,6 +167,23 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes items as read (their tokens say which versions), in batches.
+    pub async fn delete_items(&self, user: &UserId, partition: &str, items: &[Item]) -> Result<(), StorageError> {
+        for chunk in items.chunks(500) {
+            let writes = chunk
+                .iter()
+                .map(|it| ItemWrite {
+                    partition: partition.to_string(),
+                    sort_key: it.sort_key.clone(),
+                    value: None,
+                    token: Some(it.token.clone()),
+                })
+                .collect();
+            self.insert_batch(user, writes).await?;
+        }
+        Ok(())
+    }
+
     /// Reads one item with all its concurrent siblings (quorum read).
     /// None if it was never written; a deleted item has no values.
     pub async fn get(&self, user: &UserId, partition: &str, sort_key: &str) -> Result<Option<Item>, StorageError> {
