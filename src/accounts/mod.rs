@@ -363,11 +363,16 @@ impl Accounts {
 }
 
 /// Deletes everything stored under a user id; returns (items, blobs).
-/// The partition index lags behind writes, so it is read again until a
-/// pass finds nothing left.
+/// Garage's partition index is updated in the background, so a partition
+/// written moments ago may not be listed yet (seconds, under load): passes
+/// repeat, a second apart, until five in a row find nothing.
 async fn purge(store: &Store, uid: &UserId) -> Result<(usize, usize), AccountsError> {
     let (mut items, mut blobs) = (0, 0);
-    for _ in 0..5 {
+    let mut empty_passes = 0;
+    for pass in 0..60 {
+        if pass > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         let mut found = 0;
         for key in store.list_blobs(uid, "").await? {
             store.delete_blob(uid, &key).await?;
@@ -380,7 +385,8 @@ async fn purge(store: &Store, uid: &UserId) -> Result<(usize, usize), AccountsEr
             items += live.len();
             found += live.len();
         }
-        if found == 0 {
+        empty_passes = if found == 0 { empty_passes + 1 } else { 0 };
+        if empty_passes == 5 {
             break;
         }
     }
