@@ -110,6 +110,11 @@ async fn rotation_reencrypts_items_and_keeps_everything_readable() {
     let after = f.accounts.store().get(&uid, "meta", "007").await.unwrap().unwrap().values[0].clone();
     assert_ne!(before, after, "the item was re-encrypted");
     assert!(old_keys.keys().open_item("meta", "007", &after).is_err(), "the old master key no longer opens it");
+    // A session elsewhere still holding the old key writes after the
+    // rotation: what it writes stays readable (the old key is kept as
+    // `previous` until the next rotation, which moves such stragglers).
+    let late = old_keys.keys().seal_item("meta", "late", b"written with the old key");
+    f.accounts.store().insert(&uid, "meta", "late", late, None).await.unwrap();
     drop(old_keys);
 
     let s = f.accounts.login("alice", "rotated-pw", IP).await.unwrap();
@@ -118,8 +123,17 @@ async fn rotation_reencrypts_items_and_keeps_everything_readable() {
         assert_eq!(subject, format!("subject {i}"));
         assert_eq!(body, format!("body {i}").into_bytes());
     }
+    let late = f.accounts.store().get(&uid, "meta", "late").await.unwrap().unwrap().values[0].clone();
+    assert_eq!(s.keys().open_item("meta", "late", &late).unwrap(), b"written with the old key");
     // The delivery key does not change with the master key.
     assert_eq!(keys::public_key(f.accounts.store(), &uid).await.unwrap().unwrap(), s.keys().public());
+    drop(s);
+    // A second rotation moves the straggler first, then drops the oldest key.
+    f.accounts.change_password("alice", "rotated-pw", "rotated-twice", true).await.unwrap();
+    let s = f.accounts.login("alice", "rotated-twice", IP).await.unwrap();
+    let late = f.accounts.store().get(&uid, "meta", "late").await.unwrap().unwrap().values[0].clone();
+    assert_eq!(s.keys().open_item("meta", "late", &late).unwrap(), b"written with the old key");
+    assert_eq!(read_mail(&f.accounts, s.keys(), "029").await.0, "subject 29");
     f.cluster.shutdown().await;
 }
 

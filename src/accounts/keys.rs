@@ -43,10 +43,6 @@ impl UserKeys {
         Ok(UserKeys { user, bundle: KeyBundle::from_bytes(bytes)? })
     }
 
-    pub(super) fn bundle(&self) -> &KeyBundle {
-        &self.bundle
-    }
-
     /// Seals an item value for (partition, sort key).
     pub fn seal_item(&self, partition: &str, sort_key: &str, plaintext: &[u8]) -> Vec<u8> {
         crypto::seal_value(&self.bundle.master, &item_context(partition, sort_key), plaintext)

@@ -254,6 +254,11 @@ impl Accounts {
             .ok_or_else(|| AccountsError::NoKeys(login.to_string()))?;
         let pw = current.as_bytes().to_vec();
         let bundle = blocking(move || keys::unlock_any(&records, &pw)).await?;
+        if rotate && bundle.previous.is_some() {
+            // Stragglers of the rotation before this one move to the current
+            // key first, so that dropping the oldest key loses nothing.
+            self.reseal_all(&UserKeys::new(uid, bundle.clone())).await?;
+        }
         let bundle = if rotate { bundle.with_new_master() } else { bundle };
         let (kdf, new_pw) = (self.kdf, new.to_string());
         let (new_phc, locked, bundle) = blocking(move || {
@@ -276,21 +281,11 @@ impl Accounts {
             .await?;
         self.cache.forget(login);
         if rotate {
-            let user_keys = UserKeys::new(uid, bundle);
-            let n = self.reseal_all(&user_keys).await?;
-            // Everything is under the new key: drop the previous one.
-            let (records, token) = keys::load(&self.store, &uid)
-                .await?
-                .ok_or_else(|| AccountsError::NoKeys(login.to_string()))?;
-            let final_bundle = user_keys.bundle().without_previous();
-            let (kdf, new_pw) = (self.kdf, new.to_string());
-            let locked = blocking(move || {
-                // Refuse if someone changed the record meanwhile (password not ours).
-                keys::unlock_any(&records, new_pw.as_bytes())?;
-                final_bundle.lock(new_pw.as_bytes(), kdf)
-            })
-            .await?;
-            keys::save(&self.store, &uid, &locked, Some(&token)).await?;
+            // The old key stays in the bundle as `previous` until the next
+            // rotation: items written meanwhile under it by sessions that
+            // still hold it (on other nodes), or in partitions Garage's index
+            // has not listed yet, stay readable.
+            let n = self.reseal_all(&UserKeys::new(uid, bundle)).await?;
             log::info!("user `{login}`: master key rotated, {n} item(s) re-encrypted");
         } else {
             log::info!("user `{login}`: password changed");

@@ -56,8 +56,9 @@ impl PublicKey {
 pub struct KeyBundle {
     secret: [u8; 32],
     pub master: MasterKey,
-    /// The master key before a rotation, kept until everything it
-    /// protected has been re-encrypted (so a crash mid-rotation loses nothing).
+    /// The master key before the last rotation, kept until the next one:
+    /// whatever is still sealed under it (a crash mid-rotation, a session
+    /// elsewhere still writing with it) stays readable.
     pub previous: Option<MasterKey>,
 }
 
@@ -105,22 +106,13 @@ impl KeyBundle {
             .map_err(|_| CryptoError::Corrupt("sealed box does not open with this key"))
     }
 
-    /// The same secret key with a new master key; the current one is kept
-    /// as `previous` until the rotation completes.
+    /// The same secret key with a new master key; the current one becomes
+    /// `previous` (the one before is dropped).
     pub fn with_new_master(&self) -> KeyBundle {
         KeyBundle {
             secret: self.secret,
             master: MasterKey::generate(),
             previous: Some(self.master.clone()),
-        }
-    }
-
-    /// The bundle once a rotation has re-encrypted everything.
-    pub fn without_previous(&self) -> KeyBundle {
-        KeyBundle {
-            secret: self.secret,
-            master: self.master.clone(),
-            previous: None,
         }
     }
 
