@@ -101,6 +101,8 @@ pub struct RangeMarker(String);
 
 /// Items per quorum read when paging through a range.
 const PAGE: usize = 1000;
+/// Longest single long-poll round (see `poll_item`).
+const POLL_ROUND: Duration = Duration::from_secs(2);
 
 impl Store {
     pub(super) fn partition(&self, user: &UserId, partition: &str) -> K2VItemPartition {
@@ -270,24 +272,36 @@ impl Store {
         token: Option<&CausalityToken>,
         timeout: Duration,
     ) -> Result<Option<Item>, StorageError> {
-        let ctx = match token {
-            Some(t) => t.context()?,
-            None => CausalContext::new(),
-        };
-        let item = self
-            .garage
-            .k2v
-            .rpc
-            .poll_item(
-                self.bucket,
-                user.scoped(partition),
-                sort_key.to_string(),
-                ctx,
-                timeout.as_millis() as u64,
-                K2VMonotonicRead::NonMonotonic,
-            )
-            .await?;
-        Ok(item.as_ref().map(Item::from_k2v))
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ctx = match token {
+                Some(t) => t.context()?,
+                None => CausalContext::new(),
+            };
+            // Garage checks the item, then subscribes to changes: a write
+            // landing in between is only noticed by the next poll. Polling
+            // in short rounds bounds that miss to one round.
+            let round = deadline.saturating_duration_since(tokio::time::Instant::now()).min(POLL_ROUND);
+            let item = self
+                .garage
+                .k2v
+                .rpc
+                .poll_item(
+                    self.bucket,
+                    user.scoped(partition),
+                    sort_key.to_string(),
+                    ctx,
+                    round.as_millis() as u64,
+                    K2VMonotonicRead::NonMonotonic,
+                )
+                .await?;
+            if let Some(item) = item {
+                return Ok(Some(Item::from_k2v(&item)));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
     }
 
     /// Watches the items of a partition (optionally under a prefix).
@@ -310,23 +324,32 @@ impl Store {
             start: prefix.map(str::to_string),
             end: None,
         };
-        let res = self
-            .garage
-            .k2v
-            .rpc
-            .poll_range(
-                range,
-                marker.map(|m| m.0.clone()),
-                timeout.as_millis() as u64,
-                K2VMonotonicRead::NonMonotonic,
-            )
-            .await
-            .map_err(|e| match e {
-                garage_model::helper::error::Error::BadRequest(m) => StorageError::Invalid(m),
-                other => StorageError::Unavailable(other.to_string()),
-            })?;
-        Ok(res.map(|(items, m): (BTreeMap<String, K2VItem>, String)| {
-            (items.values().map(Item::from_k2v).collect(), RangeMarker(m))
-        }))
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Short rounds, for the same reason as in `poll_item`.
+            let round = deadline.saturating_duration_since(tokio::time::Instant::now()).min(POLL_ROUND);
+            let res = self
+                .garage
+                .k2v
+                .rpc
+                .poll_range(
+                    range.clone(),
+                    marker.map(|m| m.0.clone()),
+                    round.as_millis() as u64,
+                    K2VMonotonicRead::NonMonotonic,
+                )
+                .await
+                .map_err(|e| match e {
+                    garage_model::helper::error::Error::BadRequest(m) => StorageError::Invalid(m),
+                    other => StorageError::Unavailable(other.to_string()),
+                })?;
+            if let Some((items, m)) = res {
+                let items: BTreeMap<String, K2VItem> = items;
+                return Ok(Some((items.values().map(Item::from_k2v).collect(), RangeMarker(m))));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
     }
 }
