@@ -374,8 +374,4 @@ impl MailService {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, o| Arc::strong_count(&o.mailbox) > 1 || o.changes.receiver_count() > 0);
     }
-
-    pub fn open_count(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }

@@ -52,18 +52,7 @@ impl Server {
             Some(path) => {
                 let users = Arc::new(UsersFile::open(path)?);
                 tasks.push(users.spawn_watcher(std::time::Duration::from_secs(2)));
-                let accounts = Arc::new(Accounts::new(users, node.store(), KdfParams::default()));
-                let sweeper = Arc::downgrade(&accounts);
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-                        match sweeper.upgrade() {
-                            Some(a) => a.sweep_cache(),
-                            None => return,
-                        }
-                    }
-                }));
-                Some(accounts)
+                Some(Arc::new(Accounts::new(users, node.store(), KdfParams::default())))
             }
             None => None,
         };
@@ -72,6 +61,19 @@ impl Server {
         let slots: Vec<_> = config.cluster.nodes.iter().map(|n| crate::storage::node_id(&secret, &n.name)).collect();
         let slot = config.cluster.nodes.iter().position(|n| n.name == config.node.name).unwrap_or(0) as u8;
         let mail = MailService::new(node.store(), node.peer_rpc().clone(), slots, slot)?;
+        // Unlocked keys leave memory once unused: the login cache after its
+        // grace time, mailbox engines (which hold keys) once nobody uses them.
+        let (weak_accounts, weak_mail) = (accounts.as_ref().map(Arc::downgrade), Arc::downgrade(&mail));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                let Some(mail) = weak_mail.upgrade() else { return };
+                mail.sweep();
+                if let Some(a) = weak_accounts.as_ref().and_then(|w| w.upgrade()) {
+                    a.sweep_cache();
+                }
+            }
+        }));
         if let (Some(addr), Some(accounts)) = (config.listen.lmtp, &accounts) {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -6,7 +6,6 @@
 //! asynchronously: a partition created in the last moments may be missing.
 //! Callers that need completeness repeat until a pass finds nothing new.
 
-use garage_model::k2v::item_table::ItemFilter;
 use garage_model::s3::object_table::ObjectFilter;
 use garage_table::{DeletedFilter, EnumerationOrder};
 
@@ -56,23 +55,6 @@ impl Store {
                 _ => return Ok(out),
             }
         }
-    }
-
-    /// Whether a partition still has live items (a direct quorum read,
-    /// unlike the index behind `list_partitions`).
-    pub async fn partition_is_empty(&self, user: &UserId, partition: &str) -> Result<bool, StorageError> {
-        let part = self.partition(user, partition);
-        let filter = Some(ItemFilter {
-            exclude_only_tombstones: true,
-            conflicts_only: false,
-        });
-        let page = self
-            .garage
-            .k2v
-            .item_table
-            .get_range(&part, None, filter, 1, EnumerationOrder::Forward)
-            .await?;
-        Ok(page.is_empty())
     }
 
     /// The keys of the user's blobs under `prefix` ("" for all).
