@@ -45,6 +45,8 @@ pub struct Config {
     pub users: UsersConfig,
     #[serde(default)]
     pub lmtp: LmtpConfig,
+    #[serde(default)]
+    pub imap: ImapConfig,
     /// Where this file was read from, for error messages; not part of the TOML.
     #[serde(skip)]
     pub source: PathBuf,
@@ -146,6 +148,35 @@ pub struct LmtpConfig {
     /// Host name in greetings and Received lines (default: the node name).
     #[serde(default)]
     pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// Largest message APPEND accepts (advertised as APPENDLIMIT), e.g. "50M".
+    #[serde(default = "default_max_message")]
+    pub max_message_size: String,
+    /// Concurrent IMAP connections (both listeners together).
+    #[serde(default = "default_imap_connections")]
+    pub max_connections: usize,
+    /// Allow LOGIN/AUTHENTICATE on `listen.imap` before STARTTLS. Off by
+    /// default; a loopback listener always allows it.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            max_message_size: default_max_message(),
+            max_connections: default_imap_connections(),
+            allow_plaintext_auth: false,
+        }
+    }
+}
+
+fn default_imap_connections() -> usize {
+    5000
 }
 
 impl Default for LmtpConfig {
@@ -344,6 +375,21 @@ impl Config {
         }
         if self.listen.lmtp.is_some() && self.users.file.is_none() {
             return Err(self.invalid("users.file", "listen.lmtp needs a users file to know the recipients"));
+        }
+        match parse_capacity(&self.imap.max_message_size) {
+            Ok(n) if n > 0 && n < u64::from(u32::MAX) => {}
+            _ => {
+                return Err(self.invalid(
+                    "imap.max_message_size",
+                    format!("`{}` is not a size like \"50M\" below 4G", self.imap.max_message_size),
+                ))
+            }
+        }
+        if self.imap.max_connections == 0 {
+            return Err(self.invalid("imap.max_connections", "must be at least 1"));
+        }
+        if (self.listen.imap.is_some() || self.listen.imaps.is_some()) && self.users.file.is_none() {
+            return Err(self.invalid("users.file", "an IMAP listener needs a users file to log users in"));
         }
         if self.listen.imaps.is_some() && self.tls.is_none() {
             return Err(self.invalid("tls", "listen.imaps needs [tls] cert and key"));

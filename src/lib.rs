@@ -21,6 +21,7 @@ pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod imap;
 pub mod lmtp;
 pub mod logging;
 pub mod mail;

@@ -32,6 +32,12 @@ pub struct DevArgs {
     /// LMTP port of every node.
     #[arg(long, default_value_t = 1025)]
     lmtp_port: u16,
+    /// IMAP (STARTTLS) port of every node.
+    #[arg(long, default_value_t = 1143)]
+    imap_port: u16,
+    /// IMAPS (implicit TLS) port of every node.
+    #[arg(long, default_value_t = 1993)]
+    imaps_port: u16,
 }
 
 /// The per-user default state folder for dev appliances.
@@ -105,13 +111,18 @@ fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
                 .collect(),
         },
         listen: ListenConfig {
-            imap: None,
-            imaps: None,
+            imap: Some(SocketAddr::new(node_ip(i), args.imap_port)),
+            imaps: Some(SocketAddr::new(node_ip(i), args.imaps_port)),
             lmtp: Some(SocketAddr::new(node_ip(i), args.lmtp_port)),
             metrics: Some(SocketAddr::new(node_ip(i), args.metrics_port)),
         },
-        tls: None,
+        // A self-signed certificate for localhost, made on first start.
+        tls: Some(crate::config::TlsConfig {
+            cert: dir.join("tls-cert.pem"),
+            key: dir.join("tls-key.pem"),
+        }),
         lmtp: Default::default(),
+        imap: Default::default(),
         users: UsersConfig {
             file: Some(dir.join("users.toml")),
         },
@@ -143,6 +154,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
     check_regions(&dir, args.regions)?;
     let secret = dev_secret(&dir)?;
+    crate::imap::ensure_self_signed(&dir.join("tls-cert.pem"), &dir.join("tls-key.pem")).map_err(|e| e.to_string())?;
     let mut configs = vec![];
     for i in 1..=args.regions {
         let config = dev_config(&args, &dir, &secret, i);
@@ -156,9 +168,11 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("estafette dev: {} region(s), state in {}", args.regions, dir.display());
     for c in &configs {
         println!(
-            "  {} ({}): LMTP {}, RPC {}, metrics http://{}/metrics, config {}",
+            "  {} ({}): IMAP {} (STARTTLS), IMAPS {}, LMTP {}, RPC {}, metrics http://{}/metrics, config {}",
             c.node.name,
             c.node.region,
+            c.listen.imap.map(|a| a.to_string()).unwrap_or_default(),
+            c.listen.imaps.map(|a| a.to_string()).unwrap_or_default(),
             c.listen.lmtp.map(|a| a.to_string()).unwrap_or_default(),
             c.rpc.bind,
             c.listen.metrics.map(|a| a.to_string()).unwrap_or_default(),

@@ -55,6 +55,9 @@ pub struct Part {
     pub children: Vec<usize>,
     /// For message/rfc822: the index of the nested message's root part.
     pub message: Option<usize>,
+    /// For message/rfc822: the nested message's envelope fields.
+    #[serde(default)]
+    pub envelope: Option<Box<Envelope>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,19 +101,7 @@ pub fn parse_meta(raw: &[u8], internal_date: i64) -> MessageMeta {
             malformed: true,
         };
     };
-    let raw_header = |name: &str| msg.header_raw(name).map(|v| v.trim().to_string());
-    let envelope = Envelope {
-        date: raw_header("Date"),
-        subject: raw_header("Subject"),
-        from: raw_header("From"),
-        sender: raw_header("Sender"),
-        reply_to: raw_header("Reply-To"),
-        to: raw_header("To"),
-        cc: raw_header("Cc"),
-        bcc: raw_header("Bcc"),
-        in_reply_to: raw_header("In-Reply-To"),
-        message_id: raw_header("Message-ID"),
-    };
+    let envelope = envelope_of(&msg);
     let mut parts = vec![];
     let mut malformed = false;
     flatten(&msg, raw, 0, &mut parts, &mut malformed);
@@ -121,6 +112,22 @@ pub fn parse_meta(raw: &[u8], internal_date: i64) -> MessageMeta {
         envelope,
         parts,
         malformed,
+    }
+}
+
+fn envelope_of(msg: &mail_parser::Message<'_>) -> Envelope {
+    let raw_header = |name: &str| msg.header_raw(name).map(|v| v.trim().to_string());
+    Envelope {
+        date: raw_header("Date"),
+        subject: raw_header("Subject"),
+        from: raw_header("From"),
+        sender: raw_header("Sender"),
+        reply_to: raw_header("Reply-To"),
+        to: raw_header("To"),
+        cc: raw_header("Cc"),
+        bcc: raw_header("Bcc"),
+        in_reply_to: raw_header("In-Reply-To"),
+        message_id: raw_header("Message-ID"),
     }
 }
 
@@ -168,6 +175,10 @@ fn flatten(msg: &mail_parser::Message<'_>, whole: &[u8], base: u64, out: &mut Ve
             PartType::Message(nested) => Some(flatten(nested, whole, 0, out, malformed)),
             _ => None,
         };
+        let envelope = match &p.body {
+            PartType::Message(nested) => Some(Box::new(envelope_of(nested))),
+            _ => None,
+        };
         out[first + i] = Part {
             ctype,
             subtype,
@@ -182,6 +193,7 @@ fn flatten(msg: &mail_parser::Message<'_>, whole: &[u8], base: u64, out: &mut Ve
             lines: count_lines(body),
             children,
             message,
+            envelope,
         };
     }
     first

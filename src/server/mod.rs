@@ -1,5 +1,6 @@
-//! Wiring: configuration -> storage node -> (later: accounts, mail,
-//! protocols); the admin socket and metrics; signals and graceful shutdown.
+//! Wiring: configuration -> storage node -> accounts, mail engine ->
+//! LMTP and IMAP listeners; the admin socket and metrics; signals and
+//! graceful shutdown.
 //!
 //! Nothing here implements a protocol or touches Garage directly; it only
 //! starts the layers below in order and stops them in reverse.
@@ -28,6 +29,10 @@ pub enum ServerError {
     Metrics { addr: String, source: std::io::Error },
     #[error("LMTP listener {addr}: {source}")]
     Lmtp { addr: String, source: std::io::Error },
+    #[error("IMAP listener {addr}: {source}")]
+    Imap { addr: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
 }
@@ -92,6 +97,9 @@ impl Server {
             });
             tasks.push(lmtp.serve(listener));
             log::info!("LMTP on {addr}");
+        }
+        if let Some(accounts) = &accounts {
+            tasks.extend(start_imap(config, accounts, &mail, &node).await?);
         }
         let admin_socket = config.admin_socket();
         tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone()).await.map_err(|source| {
@@ -161,4 +169,43 @@ pub async fn serve_until_signal(server: Server) -> Result<(), ServerError> {
     server.stop().await;
     log::info!("stopped");
     Ok(())
+}
+
+/// The IMAP listeners of the configuration (none, STARTTLS, IMAPS, both).
+async fn start_imap(
+    config: &Config,
+    accounts: &Arc<Accounts>,
+    mail: &Arc<MailService>,
+    node: &Arc<Node>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
+    if config.listen.imap.is_none() && config.listen.imaps.is_none() {
+        return Ok(vec![]);
+    }
+    let tls = match &config.tls {
+        Some(t) => Some(crate::imap::load_tls(&t.cert, &t.key).map_err(|e| ServerError::Tls(e.to_string()))?),
+        None => None,
+    };
+    let loopback = config.listen.imap.is_some_and(|a| a.ip().is_loopback());
+    let imap = Arc::new(crate::imap::Imap {
+        accounts: accounts.clone(),
+        mail: mail.clone(),
+        store: node.store(),
+        tls,
+        plaintext_auth: config.imap.allow_plaintext_auth || loopback,
+        limits: crate::imap::ImapLimits {
+            max_message: crate::config::parse_capacity(&config.imap.max_message_size).map_or(50 << 20, |n| n as u32),
+            max_connections: config.imap.max_connections,
+            ..Default::default()
+        },
+    });
+    let mut tasks = vec![];
+    for (addr, implicit) in [(config.listen.imap, false), (config.listen.imaps, true)] {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Imap { addr: addr.to_string(), source })?;
+        tasks.push(imap.clone().serve(listener, implicit));
+        log::info!("IMAP{} on {addr}", if implicit { "S" } else { "" });
+    }
+    Ok(tasks)
 }

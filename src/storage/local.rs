@@ -58,6 +58,7 @@ pub fn configs(dir: &Path, ports: &[u16], rf: usize) -> Vec<Config> {
                 listen: ListenConfig::default(),
                 tls: None,
                 lmtp: Default::default(),
+                imap: Default::default(),
                 users: UsersConfig::default(),
                 source: nd.join("estafette.toml"),
             }

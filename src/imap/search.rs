@@ -1,0 +1,253 @@
+//! SEARCH evaluation (RFC 9051 §6.4.4 plus CONDSTORE's MODSEQ and
+//! WITHIN's OLDER/YOUNGER) over one candidate message at a time. What a
+//! key needs (flags only, stored metadata, or the decoded text) is worked
+//! out first, so a flag search reads nothing from storage and a BODY
+//! search decodes each message once. Matching of strings is
+//! case-insensitive over Unicode after MIME decoding (RFC 2047 words,
+//! base64/QP bodies, charsets), which is mail-parser's work.
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use imap_codec::imap_types::core::AString;
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use mail_parser::{HeaderValue, MessageParser, PartType};
+
+use crate::mail::message::MessageMeta;
+use crate::mail::model::{ModSeq, Uid};
+
+/// What evaluating a key needs beyond flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub meta: bool,
+    pub text: bool,
+}
+
+pub fn needs(key: &SearchKey<'_>) -> Needs {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().map(needs).fold(Needs::default(), |a, b| Needs {
+            meta: a.meta || b.meta,
+            text: a.text || b.text,
+        }),
+        Not(k) => needs(k),
+        Or(a, b) => {
+            let (a, b) = (needs(a), needs(b));
+            Needs {
+                meta: a.meta || b.meta,
+                text: a.text || b.text,
+            }
+        }
+        Body(_) | Text(_) => Needs { meta: true, text: true },
+        Bcc(_) | Cc(_) | From(_) | To(_) | Subject(_) | Header(..) | Before(_) | On(_) | Since(_) | SentBefore(_)
+        | SentOn(_) | SentSince(_) | Larger(_) | Smaller(_) | Older(_) | Younger(_) => Needs { meta: true, text: false },
+        _ => Needs::default(),
+    }
+}
+
+/// The decoded text of a message, lower-cased for matching.
+#[derive(Default)]
+pub struct Decoded {
+    /// (lower-case field name, lower-case decoded value)
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+fn header_text(v: &HeaderValue<'_>) -> String {
+    match v {
+        HeaderValue::Text(t) => t.to_string(),
+        HeaderValue::TextList(l) => l.join(" "),
+        HeaderValue::Address(a) => a
+            .iter()
+            .map(|x| format!("{} <{}>", x.name().unwrap_or(""), x.address().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        HeaderValue::DateTime(d) => d.to_rfc822(),
+        HeaderValue::ContentType(c) => format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")),
+        _ => String::new(),
+    }
+}
+
+fn decoded_headers(msg: &mail_parser::Message<'_>, raw: &[u8]) -> Vec<(String, String)> {
+    msg.headers()
+        .iter()
+        .map(|h| {
+            let name = h.name.as_str().to_lowercase();
+            // Raw value too: HEADER searches must also find what decoding
+            // would hide (e.g. an address's angle brackets).
+            let rawv = raw
+                .get(h.offset_start as usize..h.offset_end as usize)
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            let value = format!("{} {}", header_text(&h.value), rawv.replace(['\r', '\n'], ""));
+            (name, value.to_lowercase())
+        })
+        .collect()
+}
+
+/// Decodes the header section only (for header keys).
+pub fn decode_header(header: &[u8]) -> Decoded {
+    match MessageParser::default().parse_headers(header) {
+        Some(m) => Decoded {
+            headers: decoded_headers(&m, header),
+            body: String::new(),
+        },
+        None => Decoded::default(),
+    }
+}
+
+/// Decodes a whole message: headers and every text part, nested ones too.
+pub fn decode_message(raw: &[u8]) -> Decoded {
+    let Some(m) = MessageParser::default().parse(raw) else {
+        return Decoded {
+            headers: vec![],
+            body: String::from_utf8_lossy(raw).to_lowercase(),
+        };
+    };
+    let mut body = String::new();
+    collect_text(&m, &mut body, 0);
+    Decoded {
+        headers: decoded_headers(&m, raw),
+        body: body.to_lowercase(),
+    }
+}
+
+fn collect_text(m: &mail_parser::Message<'_>, out: &mut String, depth: usize) {
+    for p in &m.parts {
+        match &p.body {
+            PartType::Text(t) | PartType::Html(t) => {
+                out.push_str(t);
+                out.push('\n');
+            }
+            PartType::Message(inner) if depth < 8 => {
+                for h in inner.headers() {
+                    out.push_str(&header_text(&h.value));
+                    out.push('\n');
+                }
+                collect_text(inner, out, depth + 1);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One message as SEARCH sees it.
+pub struct Candidate<'a> {
+    pub seq: u32,
+    pub uid: Uid,
+    pub flags: &'a [String],
+    pub modseq: ModSeq,
+    pub meta: Option<&'a MessageMeta>,
+    pub header: Option<&'a Decoded>,
+    pub text: Option<&'a Decoded>,
+}
+
+/// What the whole search knows: the mailbox's bounds for `*` and the time
+/// for OLDER/YOUNGER. (`$` was replaced by the saved set before parsing.)
+pub struct Scope {
+    pub max_seq: u32,
+    pub max_uid: Uid,
+    pub now: i64,
+}
+
+pub fn in_set(set: &SequenceSet, value: u32, max: u32) -> bool {
+    let v = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => max,
+    };
+    set.0.as_ref().iter().any(|s| match s {
+        Sequence::Single(x) => v(x) == value,
+        Sequence::Range(a, b) => {
+            let (a, b) = (v(a), v(b));
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            (lo..=hi).contains(&value)
+        }
+    })
+}
+
+fn astr(a: &AString<'_>) -> String {
+    let b: &[u8] = a.as_ref();
+    String::from_utf8_lossy(b).to_lowercase()
+}
+
+fn has_flag(c: &Candidate<'_>, f: &str) -> bool {
+    c.flags.iter().any(|x| x.eq_ignore_ascii_case(f))
+}
+
+fn naive(d: &imap_codec::imap_types::datetime::NaiveDate) -> NaiveDate {
+    *AsRef::<NaiveDate>::as_ref(d)
+}
+
+fn internal_day(c: &Candidate<'_>) -> Option<NaiveDate> {
+    let m = c.meta?;
+    Utc.timestamp_opt(m.internal_date, 0).single().map(|d| d.date_naive())
+}
+
+/// The Date: header's calendar date in its own zone (RFC 3501 ignores
+/// the time and the zone for SENT* keys).
+fn sent_day(c: &Candidate<'_>) -> Option<NaiveDate> {
+    let d = c.meta?.envelope.date.as_ref()?;
+    let header = format!("Date: {d}\r\n\r\n");
+    let parsed = MessageParser::default().parse_headers(header.as_bytes())?;
+    let dt = parsed.date()?;
+    NaiveDate::from_ymd_opt(i32::from(dt.year), u32::from(dt.month), u32::from(dt.day))
+}
+
+fn field_contains(d: Option<&Decoded>, name: &str, needle: &str) -> bool {
+    d.is_some_and(|d| d.headers.iter().any(|(n, v)| n == name && v.contains(needle)))
+}
+
+pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, s: &Scope) -> bool {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().all(|k| matches(k, c, s)),
+        Not(k) => !matches(k, c, s),
+        Or(a, b) => matches(a, c, s) || matches(b, c, s),
+        SequenceSet(set) => in_set(set, c.seq, s.max_seq),
+        Uid(set) => in_set(set, c.uid, s.max_uid),
+        All => true,
+        Answered => has_flag(c, "\\Answered"),
+        Deleted => has_flag(c, "\\Deleted"),
+        Draft => has_flag(c, "\\Draft"),
+        Flagged => has_flag(c, "\\Flagged"),
+        Seen => has_flag(c, "\\Seen"),
+        Unanswered => !has_flag(c, "\\Answered"),
+        Undeleted => !has_flag(c, "\\Deleted"),
+        Undraft => !has_flag(c, "\\Draft"),
+        Unflagged => !has_flag(c, "\\Flagged"),
+        Unseen => !has_flag(c, "\\Seen"),
+        Keyword(k) => has_flag(c, k.as_ref()),
+        Unkeyword(k) => !has_flag(c, k.as_ref()),
+        // No session ever sees \Recent here (IMAP4rev2 dropped it).
+        Recent | New => false,
+        Old => true,
+        Larger(n) => c.meta.is_some_and(|m| m.size > u64::from(*n)),
+        Smaller(n) => c.meta.is_some_and(|m| m.size < u64::from(*n)),
+        Before(d) => internal_day(c).is_some_and(|x| x < naive(d)),
+        On(d) => internal_day(c).is_some_and(|x| x == naive(d)),
+        Since(d) => internal_day(c).is_some_and(|x| x >= naive(d)),
+        SentBefore(d) => sent_day(c).is_some_and(|x| x < naive(d)),
+        SentOn(d) => sent_day(c).is_some_and(|x| x == naive(d)),
+        SentSince(d) => sent_day(c).is_some_and(|x| x >= naive(d)),
+        Older(n) => c.meta.is_some_and(|m| m.internal_date <= s.now - i64::from(n.get())),
+        Younger(n) => c.meta.is_some_and(|m| m.internal_date >= s.now - i64::from(n.get())),
+        From(v) => field_contains(c.header, "from", &astr(v)),
+        To(v) => field_contains(c.header, "to", &astr(v)),
+        Cc(v) => field_contains(c.header, "cc", &astr(v)),
+        Bcc(v) => field_contains(c.header, "bcc", &astr(v)),
+        Subject(v) => field_contains(c.header, "subject", &astr(v)),
+        Header(name, v) => {
+            let (name, v) = (astr(name), astr(v));
+            match c.header {
+                // An empty value matches every message that has the field.
+                Some(d) => d.headers.iter().any(|(n, x)| *n == name && x.contains(&v)),
+                None => false,
+            }
+        }
+        Body(v) => c.text.is_some_and(|t| t.body.contains(&astr(v))),
+        Text(v) => {
+            let v = astr(v);
+            c.text.is_some_and(|t| t.body.contains(&v) || t.headers.iter().any(|(_, x)| x.contains(&v)))
+        }
+        ModSequence { modseq, .. } => c.modseq >= *modseq,
+    }
+}

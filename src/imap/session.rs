@@ -1,0 +1,1382 @@
+//! One IMAP session: the state machine of RFC 9051 §3 (not authenticated,
+//! authenticated, selected, logout), command dispatch, and the untagged
+//! updates that keep the client's view in step with the mailbox (EXISTS,
+//! EXPUNGE/VANISHED, FETCH FLAGS) after commands, on NOOP and in IDLE,
+//! whichever node made the change.
+//!
+//! The client's view of a selected mailbox is its own list of UIDs (the
+//! sequence-number map) and the MODSEQ up to which it has been told about
+//! flag changes; the mailbox engine holds the truth. Expunges are told only
+//! when RFC 9051 §7.5.1 allows (not during FETCH, STORE, SEARCH).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::imap_types::command::{Command, CommandBody, FetchModifier, SelectParameter, StoreModifier};
+use imap_codec::imap_types::core::{AString, Vec1};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::CommandCodec;
+use tokio::sync::watch;
+
+use super::conn::{Conn, ConnError, Frame};
+use super::extended::{preparse, Extras};
+use super::fetch::{self, Row};
+use super::search::{self, Candidate, Scope};
+use super::{render, utf7, Imap};
+use crate::accounts::{AccountsError, UserKeys};
+use crate::mail::mailboxes::{MailboxInfo, Mailboxes, MailboxesError, SEPARATOR};
+use crate::mail::service::EngineMailbox;
+use crate::mail::{cleanup, incoming, message, FlagMode, MailError, ModSeq, Op, Uid};
+use crate::storage::StorageError;
+
+/// How a command ended (the tagged response).
+enum Done {
+    Ok(String),
+    No(String),
+    Bad(String),
+    /// The tagged response was already written (STARTTLS).
+    Silent,
+}
+
+impl From<MailError> for Done {
+    fn from(e: MailError) -> Self {
+        match e {
+            MailError::Unavailable(m) => Done::No(format!("[UNAVAILABLE] {m}; try again")),
+            MailError::Invalid(m) => Done::No(m),
+            MailError::Corrupt(m) => Done::No(format!("[SERVERBUG] {m}")),
+        }
+    }
+}
+
+impl From<StorageError> for Done {
+    fn from(e: StorageError) -> Self {
+        if e.is_transient() {
+            Done::No(format!("[UNAVAILABLE] storage: {e}; try again"))
+        } else {
+            Done::No(format!("[SERVERBUG] storage: {e}"))
+        }
+    }
+}
+
+impl From<MailboxesError> for Done {
+    fn from(e: MailboxesError) -> Self {
+        match e {
+            MailboxesError::Exists(m) => Done::No(format!("[ALREADYEXISTS] mailbox {m} already exists")),
+            MailboxesError::NotFound(m) => Done::No(format!("[NONEXISTENT] no mailbox {m}")),
+            MailboxesError::Invalid(m) => Done::No(format!("[CANNOT] {m}")),
+            MailboxesError::Storage(e) => e.into(),
+        }
+    }
+}
+
+struct User {
+    keys: Arc<UserKeys>,
+    mailboxes: Mailboxes,
+}
+
+struct Selected {
+    info: MailboxInfo,
+    read_only: bool,
+    mb: Arc<EngineMailbox>,
+    changes: watch::Receiver<u64>,
+    /// The client's sequence-number map.
+    uids: Vec<Uid>,
+    /// Flag changes up to this MODSEQ have been told.
+    told_modseq: ModSeq,
+}
+
+#[derive(Default)]
+struct Enabled {
+    condstore: bool,
+    qresync: bool,
+    rev2: bool,
+}
+
+pub struct Session {
+    imap: Arc<Imap>,
+    conn: Conn,
+    peer: SocketAddr,
+    user: Option<User>,
+    selected: Option<Selected>,
+    enabled: Enabled,
+    /// SEARCHRES: the last saved result, as UIDs.
+    saved: Vec<Uid>,
+    logout: bool,
+}
+
+fn astr(a: &AString<'_>) -> String {
+    String::from_utf8_lossy(AsRef::<[u8]>::as_ref(a)).to_string()
+}
+
+fn flag_name(f: &Flag<'_>) -> String {
+    f.to_string()
+}
+
+/// A set of UIDs as IMAP's compact form (`1:3,7`).
+fn uid_set(uids: &[Uid]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<String> = vec![];
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        out.push(if start == end { start.to_string() } else { format!("{start}:{end}") });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// Matches a LIST pattern (`*` anything, `%` anything but the separator).
+fn pattern_match(pat: &[char], name: &[char]) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some(('*', rest)) => (0..=name.len()).any(|i| pattern_match(rest, &name[i..])),
+        Some(('%', rest)) => {
+            for i in 0..=name.len() {
+                if pattern_match(rest, &name[i..]) {
+                    return true;
+                }
+                if i < name.len() && name[i] == SEPARATOR {
+                    return false;
+                }
+            }
+            false
+        }
+        Some((c, rest)) => name.first() == Some(c) && pattern_match(rest, &name[1..]),
+    }
+}
+
+impl Session {
+    pub fn new(imap: Arc<Imap>, conn: Conn, peer: SocketAddr) -> Self {
+        Session {
+            imap,
+            conn,
+            peer,
+            user: None,
+            selected: None,
+            enabled: Enabled::default(),
+            saved: vec![],
+            logout: false,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let greeting = format!("* OK [CAPABILITY {}] Estafette ready\r\n", self.capabilities());
+        if self.conn.write(greeting.as_bytes()).await.is_err() || self.conn.flush().await.is_err() {
+            return;
+        }
+        loop {
+            let timeout = if self.user.is_some() { self.imap.limits.idle_timeout } else { self.imap.limits.login_timeout };
+            let frame = match self.conn.next(timeout).await {
+                Ok(f) => f,
+                Err(ConnError::Timeout) => {
+                    let _ = self.conn.write(b"* BYE Autologout; idle for too long\r\n").await;
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+                Err(ConnError::LineTooLong) => {
+                    let _ = self.conn.write(b"* BYE [TOOBIG] Command line too long\r\n").await;
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            let result = match frame {
+                Frame::Refused { tag, reason } => {
+                    let line = match tag {
+                        Some(t) => format!("{t} NO {reason}\r\n"),
+                        None => format!("* BAD {reason}\r\n"),
+                    };
+                    self.conn.write(line.as_bytes()).await
+                }
+                Frame::Message(bytes) => self.message(bytes).await,
+            };
+            if result.is_err() || self.conn.flush().await.is_err() || self.logout {
+                return;
+            }
+        }
+    }
+
+    fn capabilities(&self) -> String {
+        self.imap.capabilities(self.conn.tls, self.user.is_some())
+    }
+
+    /// Mailbox names as this client writes them (modified UTF-7 unless it
+    /// enabled IMAP4rev2).
+    fn name_in(&self, m: &ImapMailbox<'_>) -> String {
+        match m {
+            ImapMailbox::Inbox => "INBOX".into(),
+            ImapMailbox::Other(o) => {
+                let raw = String::from_utf8_lossy(o.as_ref()).to_string();
+                let name = if self.enabled.rev2 { raw.clone() } else { utf7::decode(&raw).unwrap_or(raw) };
+                name.trim_end_matches(SEPARATOR).to_string()
+            }
+        }
+    }
+
+    fn name_out(&self, name: &str) -> Vec<u8> {
+        let shown = if self.enabled.rev2 { name.to_string() } else { utf7::encode(name) };
+        let mut out = vec![];
+        render::astring(&mut out, &shown);
+        out
+    }
+
+    async fn message(&mut self, bytes: Vec<u8>) -> Result<(), ConnError> {
+        let saved = if self.saved.is_empty() { "4294967295".to_string() } else { uid_set(&self.saved) };
+        let (bytes, extras) = preparse(&bytes, &saved);
+        let command = match CommandCodec::default().decode(&bytes) {
+            Ok((rest, c)) if rest.is_empty() => c,
+            _ => {
+                let tag = super::conn::tag_of(&bytes);
+                let line = match tag {
+                    Some(t) => format!("{t} BAD Syntax error in command\r\n"),
+                    None => "* BAD Syntax error: no tag\r\n".into(),
+                };
+                return self.conn.write(line.as_bytes()).await;
+            }
+        };
+        let tag = command.tag.as_ref().to_string();
+        let name = command.body.name().to_string();
+        let done = self.dispatch(&tag, command, &extras).await?;
+        let line = match done {
+            Done::Ok(t) => format!("{tag} OK {t}\r\n"),
+            Done::No(t) => format!("{tag} NO {t}\r\n"),
+            Done::Bad(t) => format!("{tag} BAD {t}\r\n"),
+            Done::Silent => return Ok(()),
+        };
+        log::debug!("IMAP {} {name}: {}", self.peer, line.trim_end());
+        self.conn.write(line.as_bytes()).await
+    }
+
+    async fn dispatch(&mut self, tag: &str, command: Command<'_>, extras: &Extras) -> Result<Done, ConnError> {
+        let authed = self.user.is_some();
+        let selected = self.selected.is_some();
+        let body = command.body;
+        // Commands valid in any state.
+        match &body {
+            CommandBody::Capability => {
+                let line = format!("* CAPABILITY {}\r\n", self.capabilities());
+                self.conn.write(line.as_bytes()).await?;
+                return Ok(Done::Ok("CAPABILITY completed".into()));
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.sync(true, None).await?;
+                return Ok(Done::Ok(format!("{} completed", body.name())));
+            }
+            CommandBody::Logout => {
+                self.conn.write(b"* BYE Logging out\r\n").await?;
+                self.logout = true;
+                return Ok(Done::Ok("LOGOUT completed".into()));
+            }
+            CommandBody::Id { .. } => {
+                self.conn.write(b"* ID (\"name\" \"Estafette\" \"vendor\" \"Estafette\")\r\n").await?;
+                return Ok(Done::Ok("ID completed".into()));
+            }
+            _ => {}
+        }
+        if !authed {
+            return Ok(match body {
+                CommandBody::StartTLS => self.starttls(tag).await?,
+                CommandBody::Login { username, password } => {
+                    let user = astr(&username);
+                    let pass = astr(password.declassify());
+                    self.login(&user, &pass).await
+                }
+                CommandBody::Authenticate { mechanism, initial_response } => {
+                    if !matches!(mechanism, imap_codec::imap_types::auth::AuthMechanism::Plain) {
+                        return Ok(Done::No("Unsupported authentication mechanism".into()));
+                    }
+                    let data = match initial_response {
+                        Some(r) => r.declassify().to_vec(),
+                        None => {
+                            self.conn.write(b"+ \r\n").await?;
+                            self.conn.flush().await?;
+                            match self.conn.next(self.imap.limits.login_timeout).await? {
+                                Frame::Message(line) => {
+                                    let text = String::from_utf8_lossy(&line).trim().to_string();
+                                    if text == "*" {
+                                        return Ok(Done::Bad("Authentication cancelled".into()));
+                                    }
+                                    match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+                                        Ok(d) => d,
+                                        Err(_) => return Ok(Done::Bad("Invalid base64 in SASL response".into())),
+                                    }
+                                }
+                                Frame::Refused { .. } => return Ok(Done::Bad("SASL response too long".into())),
+                            }
+                        }
+                    };
+                    let fields: Vec<&[u8]> = data.split(|c| *c == 0).collect();
+                    if fields.len() != 3 {
+                        return Ok(Done::Bad("Malformed PLAIN response".into()));
+                    }
+                    let (authz, authc, pass) = (fields[0], fields[1], fields[2]);
+                    if !authz.is_empty() && authz != authc {
+                        return Ok(Done::No("[AUTHORIZATIONFAILED] Proxy authorization is not supported".into()));
+                    }
+                    self.login(&String::from_utf8_lossy(authc), &String::from_utf8_lossy(pass)).await
+                }
+                _ => Done::Bad(format!("{} needs authentication first", body.name())),
+            });
+        }
+        match body {
+            CommandBody::StartTLS | CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+                Ok(Done::Bad("Already authenticated".into()))
+            }
+            CommandBody::Enable { capabilities } => self.enable(capabilities).await,
+            CommandBody::Namespace => {
+                self.conn.write(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n").await?;
+                Ok(Done::Ok("NAMESPACE completed".into()))
+            }
+            CommandBody::Select { mailbox, parameters } => self.select(&mailbox, parameters, false).await,
+            CommandBody::Examine { mailbox, parameters } => self.select(&mailbox, parameters, true).await,
+            CommandBody::Create { mailbox } => self.create(&mailbox, extras).await,
+            CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
+            CommandBody::Rename { from, to } => {
+                let (from, to) = (self.name_in(&from), self.name_in(&to));
+                Ok(match self.user().mailboxes.rename(&from, &to).await {
+                    Ok(()) => Done::Ok("RENAME completed".into()),
+                    Err(e) => e.into(),
+                })
+            }
+            CommandBody::Subscribe { mailbox } => {
+                let name = self.name_in(&mailbox);
+                Ok(match self.user().mailboxes.subscribe(&name).await {
+                    Ok(()) => Done::Ok("SUBSCRIBE completed".into()),
+                    Err(e) => e.into(),
+                })
+            }
+            CommandBody::Unsubscribe { mailbox } => {
+                let name = self.name_in(&mailbox);
+                Ok(match self.user().mailboxes.unsubscribe(&name).await {
+                    Ok(()) => Done::Ok("UNSUBSCRIBE completed".into()),
+                    Err(e) => e.into(),
+                })
+            }
+            CommandBody::List { reference, mailbox_wildcard } => self.list(&reference, &mailbox_wildcard, extras, false).await,
+            CommandBody::Lsub { reference, mailbox_wildcard } => self.list(&reference, &mailbox_wildcard, extras, true).await,
+            CommandBody::Status { mailbox, item_names } => {
+                let name = self.name_in(&mailbox);
+                let items: Vec<StatusDataItemName> = item_names.to_vec();
+                let Some(info) = self.find(&name).await? else {
+                    return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
+                };
+                match self.status_line(&info, &items).await {
+                    Ok(line) => {
+                        self.conn.write(&line).await?;
+                        Ok(Done::Ok("STATUS completed".into()))
+                    }
+                    Err(d) => Ok(d),
+                }
+            }
+            CommandBody::Append { mailbox, flags, date, message } => {
+                let raw: Vec<u8> = match &message {
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+                };
+                let flags: Vec<String> = flags.iter().map(flag_name).collect();
+                let date = date.map(|d| d.as_ref().timestamp());
+                self.append(&mailbox, flags, date, raw).await
+            }
+            CommandBody::Idle => self.idle(tag).await,
+            _ if !selected => Ok(Done::Bad(format!("{} needs a selected mailbox", body.name()))),
+            CommandBody::Close => {
+                if let Some(sel) = &self.selected {
+                    if !sel.read_only {
+                        let _ = self.expunge_deleted(None, false).await;
+                    }
+                }
+                self.selected = None;
+                Ok(Done::Ok("CLOSE completed".into()))
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                Ok(Done::Ok("UNSELECT completed".into()))
+            }
+            CommandBody::Expunge => self.expunge_deleted(None, true).await,
+            CommandBody::ExpungeUid { sequence_set } => self.expunge_deleted(Some(sequence_set), true).await,
+            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
+                self.fetch(sequence_set, macro_or_item_names, uid, modifiers).await
+            }
+            CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
+                self.store(sequence_set, kind, response, flags, uid, modifiers).await
+            }
+            CommandBody::Copy { sequence_set, mailbox, uid } => self.copy(sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move { sequence_set, mailbox, uid } => self.copy(sequence_set, &mailbox, uid, true).await,
+            CommandBody::Search { charset, criteria, uid } => self.search(tag, charset, criteria, uid, extras).await,
+            other => Ok(Done::Bad(format!("{} is not supported", other.name()))),
+        }
+    }
+
+    fn user(&self) -> &User {
+        self.user.as_ref().unwrap_or_else(|| unreachable!("authenticated commands run only with a user"))
+    }
+
+    async fn starttls(&mut self, tag: &str) -> Result<Done, ConnError> {
+        let Some(cfg) = self.imap.tls.clone() else {
+            return Ok(Done::Bad("STARTTLS is not available here".into()));
+        };
+        if self.conn.tls {
+            return Ok(Done::Bad("TLS is already active".into()));
+        }
+        self.conn.write(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes()).await?;
+        self.conn.start_tls(cfg).await?;
+        // The tagged response went out before the handshake; nothing more
+        // until the client speaks over TLS.
+        Ok(Done::Silent)
+    }
+
+    async fn login(&mut self, login: &str, password: &str) -> Done {
+        if !self.conn.tls && !self.imap.plaintext_auth {
+            return Done::No("[PRIVACYREQUIRED] Use TLS (STARTTLS or port 993) to log in".into());
+        }
+        match self.imap.accounts.login(login, password, self.peer.ip()).await {
+            Ok(s) => {
+                let keys = s.keys().clone();
+                self.user = Some(User {
+                    keys: keys.clone(),
+                    mailboxes: Mailboxes::new(self.imap.store.clone(), keys.clone()),
+                });
+                // Mail delivered while the user was away goes into INBOX
+                // now; the session sees it arrive like any new mail.
+                let (mail, store) = (self.imap.mail.clone(), self.imap.store.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = incoming::file_incoming(&mail, &store, &keys).await {
+                        log::warn!("filing queued mail at login: {e}");
+                    }
+                });
+                log::info!("IMAP login of {} from {}", s.login(), self.peer);
+                Done::Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
+            }
+            Err(AccountsError::AuthFailed) => Done::No("[AUTHENTICATIONFAILED] Authentication failed".into()),
+            Err(e) if e.is_transient() => Done::No(format!("[UNAVAILABLE] {e}; try again")),
+            Err(e) => {
+                log::error!("login of {login}: {e}");
+                Done::No("[SERVERBUG] Login failed on the server side".into())
+            }
+        }
+    }
+
+    async fn enable(&mut self, caps: Vec1<CapabilityEnable<'_>>) -> Result<Done, ConnError> {
+        let mut on = vec![];
+        for c in caps.as_ref() {
+            let name = c.to_string().to_ascii_uppercase();
+            match name.as_str() {
+                "CONDSTORE" => {
+                    self.enabled.condstore = true;
+                    on.push("CONDSTORE");
+                }
+                "QRESYNC" => {
+                    self.enabled.condstore = true;
+                    self.enabled.qresync = true;
+                    on.push("QRESYNC");
+                }
+                "IMAP4REV2" => {
+                    self.enabled.rev2 = true;
+                    on.push("IMAP4rev2");
+                }
+                _ => {}
+            }
+        }
+        let line = if on.is_empty() { "* ENABLED\r\n".to_string() } else { format!("* ENABLED {}\r\n", on.join(" ")) };
+        self.conn.write(line.as_bytes()).await?;
+        Ok(Done::Ok("ENABLE completed".into()))
+    }
+
+    async fn find(&mut self, name: &str) -> Result<Option<MailboxInfo>, ConnError> {
+        Ok(self.user().mailboxes.find(name).await.ok().flatten())
+    }
+
+    /// The engine of a mailbox, brought up to date; a mailbox never
+    /// written gets its first epoch now, so its UIDVALIDITY is fixed
+    /// before any client sees it.
+    async fn open(&self, id: &str) -> Result<Arc<EngineMailbox>, Done> {
+        let keys = self.user().keys.clone();
+        let mb = self.imap.mail.mailbox(&keys, id);
+        mb.refresh().await.map_err(Done::from)?;
+        if mb.with_view(|v| v.is_none()).await {
+            self.imap.mail.submit(&keys, id, vec![]).await.map_err(Done::from)?;
+            mb.refresh().await.map_err(Done::from)?;
+        }
+        Ok(mb)
+    }
+
+    async fn select(&mut self, mailbox: &ImapMailbox<'_>, params: Vec<SelectParameter>, read_only: bool) -> Result<Done, ConnError> {
+        if self.selected.take().is_some() {
+            self.conn.write(b"* OK [CLOSED] Previous mailbox closed\r\n").await?;
+        }
+        let name = self.name_in(mailbox);
+        let Some(info) = self.find(&name).await? else {
+            return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
+        };
+        let mb = match self.open(&info.id).await {
+            Ok(mb) => mb,
+            Err(d) => return Ok(d),
+        };
+        let keys = self.user().keys.clone();
+        let changes = self.imap.mail.watch(&keys, &info.id);
+        let mut qresync = None;
+        for p in &params {
+            match p {
+                SelectParameter::CondStore => self.enabled.condstore = true,
+                SelectParameter::QResync { uid_validity, mod_sequence_value, known_uids, .. } => {
+                    if !self.enabled.qresync {
+                        return Ok(Done::Bad("QRESYNC must be enabled first".into()));
+                    }
+                    qresync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids.clone()));
+                }
+            }
+        }
+        let rev2 = self.enabled.rev2;
+        let (out, uids, highest) = mb
+            .with_view(|v| {
+                let Some(idx) = v else { return (vec![], vec![], 0) };
+                let mut out = vec![];
+                let mut flags = vec!["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect::<Vec<_>>();
+                for k in idx.flag_names(u64::MAX) {
+                    if !flags.contains(&k) {
+                        flags.push(k);
+                    }
+                }
+                out.extend_from_slice(format!("* FLAGS ({})\r\n", flags.join(" ")).as_bytes());
+                if read_only {
+                    out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+                } else {
+                    out.extend_from_slice(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n");
+                }
+                out.extend_from_slice(format!("* {} EXISTS\r\n", idx.len()).as_bytes());
+                if !rev2 {
+                    out.extend_from_slice(b"* 0 RECENT\r\n");
+                    let seen = idx.flag_names(1);
+                    let _ = seen;
+                    if let Some(pos) = idx.messages().iter().position(|m| m.flags & 1 == 0) {
+                        out.extend_from_slice(format!("* OK [UNSEEN {}] First unseen\r\n", pos + 1).as_bytes());
+                    }
+                }
+                out.extend_from_slice(format!("* OK [UIDVALIDITY {}] UIDs valid\r\n", idx.uidvalidity).as_bytes());
+                out.extend_from_slice(format!("* OK [UIDNEXT {}] Predicted next UID\r\n", idx.uidnext).as_bytes());
+                out.extend_from_slice(format!("* OK [HIGHESTMODSEQ {}] Highest\r\n", idx.highestmodseq).as_bytes());
+                if let Some((uv, since, known)) = &qresync {
+                    if *uv == idx.uidvalidity {
+                        let max = idx.uidnext.saturating_sub(1);
+                        let vanished: Vec<Uid> = idx
+                            .vanished_since(*since)
+                            .filter(|u| known.as_ref().is_none_or(|k| search::in_set(k, *u, max)))
+                            .collect();
+                        if !vanished.is_empty() {
+                            out.extend_from_slice(format!("* VANISHED (EARLIER) {}\r\n", uid_set(&vanished)).as_bytes());
+                        }
+                        for m in idx.changed_since(*since) {
+                            let seq = idx.seq_of(m.uid).unwrap_or(0);
+                            out.extend_from_slice(format!("* {seq} FETCH (UID {} FLAGS (", m.uid).as_bytes());
+                            out.extend_from_slice(idx.flag_names(m.flags).join(" ").as_bytes());
+                            out.extend_from_slice(format!(") MODSEQ ({}))\r\n", m.modseq).as_bytes());
+                        }
+                    }
+                }
+                (out, idx.messages().iter().map(|m| m.uid).collect(), idx.highestmodseq)
+            })
+            .await;
+        self.conn.write(&out).await?;
+        self.selected = Some(Selected {
+            info,
+            read_only,
+            mb,
+            changes,
+            uids,
+            told_modseq: highest,
+        });
+        Ok(Done::Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into()))
+    }
+
+    /// Tells the client what changed in the selected mailbox. Returns the
+    /// UIDs whose flags were told. `skip_modseq`: changes with this MODSEQ
+    /// are the client's own STORE .SILENT and are not echoed.
+    async fn sync(&mut self, expunges: bool, skip_modseq: Option<ModSeq>) -> Result<Vec<Uid>, ConnError> {
+        let condstore = self.enabled.condstore;
+        let qresync = self.enabled.qresync;
+        let Some(sel) = self.selected.as_mut() else { return Ok(vec![]) };
+        if sel.changes.has_changed().unwrap_or(false) {
+            sel.changes.borrow_and_update();
+            if let Err(e) = sel.mb.refresh().await {
+                log::debug!("refresh of a selected mailbox: {e}");
+            }
+        }
+        let told = sel.told_modseq;
+        let uids = &mut sel.uids;
+        let (out, flagged, highest) = sel
+            .mb
+            .with_view(|v| {
+                let Some(idx) = v else { return (vec![], vec![], told) };
+                let mut out = vec![];
+                if expunges {
+                    let mut gone = vec![];
+                    for i in (0..uids.len()).rev() {
+                        if idx.get(uids[i]).is_none() {
+                            if !qresync {
+                                out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                            }
+                            gone.push(uids.remove(i));
+                        }
+                    }
+                    if qresync && !gone.is_empty() {
+                        out.extend_from_slice(format!("* VANISHED {}\r\n", uid_set(&gone)).as_bytes());
+                    }
+                }
+                let mut flagged = vec![];
+                for m in idx.changed_since(told) {
+                    if Some(m.modseq) == skip_modseq {
+                        continue;
+                    }
+                    if let Ok(pos) = uids.binary_search(&m.uid) {
+                        out.extend_from_slice(format!("* {} FETCH (UID {} FLAGS (", pos + 1, m.uid).as_bytes());
+                        out.extend_from_slice(idx.flag_names(m.flags).join(" ").as_bytes());
+                        out.push(b')');
+                        if condstore {
+                            out.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+                        }
+                        out.extend_from_slice(b")\r\n");
+                        flagged.push(m.uid);
+                    }
+                }
+                let last = uids.last().copied().unwrap_or(0);
+                let before = uids.len();
+                uids.extend(idx.messages().iter().filter(|m| m.uid > last).map(|m| m.uid));
+                if uids.len() != before {
+                    out.extend_from_slice(format!("* {} EXISTS\r\n", uids.len()).as_bytes());
+                }
+                (out, flagged, idx.highestmodseq)
+            })
+            .await;
+        sel.told_modseq = highest;
+        self.conn.write(&out).await?;
+        Ok(flagged)
+    }
+
+    async fn idle(&mut self, tag: &str) -> Result<Done, ConnError> {
+        let _ = tag;
+        self.sync(true, None).await?;
+        self.conn.write(b"+ idling\r\n").await?;
+        self.conn.flush().await?;
+        let timeout = self.imap.limits.idle_timeout;
+        loop {
+            enum Event {
+                Client(Result<Frame, ConnError>),
+                Changed,
+            }
+            let event = {
+                let conn = &mut self.conn;
+                match self.selected.as_mut() {
+                    Some(sel) => tokio::select! {
+                        f = conn.next(timeout) => Event::Client(f),
+                        r = sel.changes.changed() => match r {
+                            Ok(()) => Event::Changed,
+                            // The engine went away; keep idling on the client.
+                            Err(_) => Event::Client(conn.next(timeout).await),
+                        },
+                    },
+                    None => Event::Client(conn.next(timeout).await),
+                }
+            };
+            match event {
+                Event::Changed => {
+                    if let Some(sel) = self.selected.as_mut() {
+                        // Mark seen and refresh (sync only refreshes on
+                        // an unseen change).
+                        sel.changes.borrow_and_update();
+                        if let Err(e) = sel.mb.refresh().await {
+                            log::debug!("refresh in IDLE: {e}");
+                        }
+                    }
+                    self.sync(true, None).await?;
+                    self.conn.flush().await?;
+                }
+                Event::Client(Ok(Frame::Message(m))) => {
+                    if String::from_utf8_lossy(&m).trim().eq_ignore_ascii_case("DONE") {
+                        return Ok(Done::Ok("IDLE terminated".into()));
+                    }
+                    return Ok(Done::Bad("Expected DONE to end IDLE".into()));
+                }
+                Event::Client(Ok(Frame::Refused { .. })) => return Ok(Done::Bad("Expected DONE to end IDLE".into())),
+                Event::Client(Err(ConnError::Timeout)) => {
+                    self.conn.write(b"* BYE Autologout; idle for too long\r\n").await?;
+                    self.logout = true;
+                    return Ok(Done::No("IDLE timed out".into()));
+                }
+                Event::Client(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn create(&mut self, mailbox: &ImapMailbox<'_>, extras: &Extras) -> Result<Done, ConnError> {
+        let name = self.name_in(mailbox);
+        let special = extras.create_use.first().cloned();
+        if let Some(s) = &special {
+            const KNOWN: [&str; 7] = ["\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"];
+            if !KNOWN.iter().any(|k| k.eq_ignore_ascii_case(s)) {
+                return Ok(Done::No(format!("[USEATTR] {s} is not a special-use attribute")));
+            }
+        }
+        Ok(match self.user().mailboxes.create(&name, special).await {
+            Ok(_) => Done::Ok("CREATE completed".into()),
+            Err(e) => e.into(),
+        })
+    }
+
+    async fn delete(&mut self, mailbox: &ImapMailbox<'_>) -> Result<Done, ConnError> {
+        let name = self.name_in(mailbox);
+        if self.selected.as_ref().is_some_and(|s| s.info.name == name) {
+            self.selected = None;
+        }
+        match self.user().mailboxes.delete(&name).await {
+            Ok(info) => {
+                let (store, keys, mail) = (self.imap.store.clone(), self.user().keys.clone(), self.imap.mail.clone());
+                mail.close(&keys.user, &info.id);
+                // The name is gone at once; the messages are reclaimed in
+                // the background (a crash leaves garbage, never a mailbox).
+                tokio::spawn(async move {
+                    if let Err(e) = cleanup::delete_mailbox_data(&store, &keys, &info.id).await {
+                        log::warn!("reclaiming a deleted mailbox: {e}");
+                    }
+                });
+                Ok(Done::Ok("DELETE completed".into()))
+            }
+            Err(e) => Ok(e.into()),
+        }
+    }
+
+    async fn list(&mut self, reference: &ImapMailbox<'_>, pattern: &ListMailbox<'_>, extras: &Extras, lsub: bool) -> Result<Done, ConnError> {
+        let reference = match reference {
+            ImapMailbox::Inbox => "INBOX".to_string(),
+            ImapMailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).to_string(),
+        };
+        let pattern = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).to_string(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).to_string(),
+        };
+        let decode = |s: String| if self.enabled.rev2 { s.clone() } else { utf7::decode(&s).unwrap_or(s) };
+        let (reference, pattern) = (decode(reference), decode(pattern));
+        let word = if lsub { "LSUB" } else { "LIST" };
+        if pattern.is_empty() && !lsub {
+            self.conn.write(b"* LIST (\\Noselect) \"/\" \"\"\r\n").await?;
+            return Ok(Done::Ok("LIST completed".into()));
+        }
+        let full: Vec<char> = format!("{reference}{pattern}").chars().collect();
+        let list = match self.user().mailboxes.list().await {
+            Ok(l) => l,
+            Err(e) => return Ok(e.into()),
+        };
+        let subs = match self.user().mailboxes.subscriptions().await {
+            Ok(s) => s,
+            Err(e) => return Ok(e.into()),
+        };
+        let subscribed_only = lsub || extras.list_select.iter().any(|s| s == "SUBSCRIBED");
+        let show_subscribed = subscribed_only || extras.list_return.iter().any(|s| s == "SUBSCRIBED");
+        let mut out = vec![];
+        let mut status_for = vec![];
+        let names: Vec<&MailboxInfo> = list.iter().collect();
+        for m in &names {
+            let chars: Vec<char> = m.name.chars().collect();
+            let matches = pattern_match(&full, &chars)
+                || (m.name == "INBOX" && pattern_match(&full.iter().map(|c| c.to_ascii_uppercase()).collect::<Vec<_>>(), &chars));
+            if !matches {
+                continue;
+            }
+            let is_sub = subs.iter().any(|s| s == &m.name);
+            if subscribed_only && !is_sub {
+                continue;
+            }
+            let prefix = format!("{}{SEPARATOR}", m.name);
+            let children = names.iter().any(|o| o.name.starts_with(&prefix));
+            let mut attrs: Vec<String> = vec![];
+            if !lsub {
+                attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" }.into());
+                if let Some(s) = &m.special_use {
+                    attrs.push(s.clone());
+                }
+            }
+            if show_subscribed && is_sub && !lsub {
+                attrs.push("\\Subscribed".into());
+            }
+            out.extend_from_slice(format!("* {word} ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            out.extend_from_slice(&self.name_out(&m.name));
+            out.extend_from_slice(b"\r\n");
+            if !lsub && extras.list_return.iter().any(|s| s == "STATUS") {
+                status_for.push((*m).clone());
+            }
+        }
+        // Subscriptions to mailboxes that no longer exist still show.
+        if subscribed_only {
+            for s in &subs {
+                if names.iter().any(|m| &m.name == s) {
+                    continue;
+                }
+                let chars: Vec<char> = s.chars().collect();
+                if pattern_match(&full, &chars) {
+                    let attrs = if lsub { "\\Noselect" } else { "\\Subscribed \\NonExistent" };
+                    out.extend_from_slice(format!("* {word} ({attrs}) \"/\" ").as_bytes());
+                    out.extend_from_slice(&self.name_out(s));
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        self.conn.write(&out).await?;
+        let items: Vec<StatusDataItemName> = extras
+            .list_status
+            .iter()
+            .filter_map(|s| match s.as_str() {
+                "MESSAGES" => Some(StatusDataItemName::Messages),
+                "UIDNEXT" => Some(StatusDataItemName::UidNext),
+                "UIDVALIDITY" => Some(StatusDataItemName::UidValidity),
+                "UNSEEN" => Some(StatusDataItemName::Unseen),
+                "RECENT" => Some(StatusDataItemName::Recent),
+                "SIZE" => Some(StatusDataItemName::Size),
+                "DELETED" => Some(StatusDataItemName::Deleted),
+                "HIGHESTMODSEQ" => Some(StatusDataItemName::HighestModSeq),
+                _ => None,
+            })
+            .collect();
+        for m in status_for {
+            if let Ok(line) = self.status_line(&m, &items).await {
+                self.conn.write(&line).await?;
+            }
+        }
+        Ok(Done::Ok(format!("{word} completed")))
+    }
+
+    async fn status_line(&mut self, info: &MailboxInfo, items: &[StatusDataItemName]) -> Result<Vec<u8>, Done> {
+        let mb = self.open(&info.id).await?;
+        let want_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
+        let (parts, ids) = mb
+            .with_view(|v| {
+                let Some(idx) = v else { return (vec![], vec![]) };
+                let mut parts = vec![];
+                for i in items {
+                    let s = match i {
+                        StatusDataItemName::Messages => format!("MESSAGES {}", idx.len()),
+                        StatusDataItemName::Recent => "RECENT 0".to_string(),
+                        StatusDataItemName::UidNext => format!("UIDNEXT {}", idx.uidnext),
+                        StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", idx.uidvalidity),
+                        StatusDataItemName::Unseen => format!("UNSEEN {}", idx.messages().iter().filter(|m| m.flags & 1 == 0).count()),
+                        StatusDataItemName::Deleted => format!("DELETED {}", idx.messages().iter().filter(|m| m.flags & 8 != 0).count()),
+                        StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", idx.highestmodseq),
+                        _ => continue,
+                    };
+                    parts.push(s);
+                }
+                let ids = if want_size { idx.messages().iter().map(|m| m.id).collect() } else { vec![] };
+                (parts, ids)
+            })
+            .await;
+        let mut parts = parts;
+        if want_size {
+            let keys = self.user().keys.clone();
+            let mut size = 0u64;
+            for id in ids {
+                if let Some(m) = message::message_meta(&self.imap.store, &keys, &info.id, id).await.map_err(Done::from)? {
+                    size += m.size;
+                }
+            }
+            parts.push(format!("SIZE {size}"));
+        }
+        let mut line = b"* STATUS ".to_vec();
+        line.extend_from_slice(&self.name_out(&info.name));
+        line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        Ok(line)
+    }
+
+    async fn append(&mut self, mailbox: &ImapMailbox<'_>, flags: Vec<String>, date: Option<i64>, raw: Vec<u8>) -> Result<Done, ConnError> {
+        let name = self.name_in(mailbox);
+        let Some(info) = self.find(&name).await? else {
+            return Ok(Done::No(format!("[TRYCREATE] no mailbox {name}")));
+        };
+        if raw.is_empty() {
+            return Ok(Done::No("An empty message cannot be appended".into()));
+        }
+        if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Recent")) {
+            return Ok(Done::Bad("\\Recent cannot be set".into()));
+        }
+        let keys = self.user().keys.clone();
+        let mb = match self.open(&info.id).await {
+            Ok(mb) => mb,
+            Err(d) => return Ok(d),
+        };
+        let date = date.unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let (id, _) = match message::store_message(&self.imap.store, &keys, &info.id, &raw, date).await {
+            Ok(x) => x,
+            Err(e) => return Ok(e.into()),
+        };
+        drop(raw);
+        let op = (rand::random(), Op::Append { message: id, flags });
+        let outcome = match self.imap.mail.submit(&keys, &info.id, vec![op]).await {
+            Ok(o) => o,
+            Err(e) => return Ok(e.into()),
+        };
+        let uidvalidity = mb.with_view(|v| v.map_or(0, |i| i.uidvalidity)).await;
+        if self.selected.as_ref().is_some_and(|s| s.info.id == info.id) {
+            let _ = mb.refresh().await;
+            self.sync(true, None).await?;
+        }
+        Ok(match outcome.first().and_then(|o| o.uid) {
+            Some(uid) => Done::Ok(format!("[APPENDUID {uidvalidity} {uid}] APPEND completed")),
+            None => Done::Ok("APPEND completed".into()),
+        })
+    }
+
+    /// (seq, uid) of the client's view that `set` names.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, Uid)> {
+        let Some(sel) = &self.selected else { return vec![] };
+        let max_uid = sel.uids.last().copied().unwrap_or(0);
+        let max_seq = sel.uids.len() as u32;
+        sel.uids
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| if uid { search::in_set(set, **u, max_uid) } else { search::in_set(set, *i as u32 + 1, max_seq) })
+            .map(|(i, u)| (i as u32 + 1, *u))
+            .collect()
+    }
+
+    async fn fetch(
+        &mut self,
+        set: SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        modifiers: Vec<FetchModifier>,
+    ) -> Result<Done, ConnError> {
+        let items: Vec<MessageDataItemName<'_>> = match items {
+            MacroOrMessageDataItemNames::Macro(m) => m.expand().into_iter().map(|i| i.into_static()).collect(),
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        if items.iter().any(|i| matches!(i, MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. })) {
+            return Ok(Done::Bad("BINARY is not supported".into()));
+        }
+        let mut changed_since = None;
+        let mut vanished = false;
+        for m in &modifiers {
+            match m {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && !(uid && self.enabled.qresync && changed_since.is_some()) {
+            return Ok(Done::Bad("VANISHED needs UID FETCH, QRESYNC enabled and CHANGEDSINCE".into()));
+        }
+        if changed_since.is_some() {
+            self.enabled.condstore = true;
+        }
+        let targets = self.resolve(&set, uid);
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        let (mb, mailbox, read_only) = (sel.mb.clone(), sel.info.id.clone(), sel.read_only);
+        let keys = self.user().keys.clone();
+        if vanished {
+            let since = changed_since.unwrap_or(0);
+            let max = sel.uids.last().copied().unwrap_or(0);
+            let gone: Vec<Uid> = mb
+                .with_view(|v| v.map(|i| i.vanished_since(since).filter(|u| search::in_set(&set, *u, max)).collect()).unwrap_or_default())
+                .await;
+            if !gone.is_empty() {
+                self.conn.write(format!("* VANISHED (EARLIER) {}\r\n", uid_set(&gone)).as_bytes()).await?;
+            }
+        }
+        // Implicit \Seen first, so the FLAGS shown include it.
+        let mut show_flags = false;
+        if fetch::sets_seen(&items) && !read_only {
+            let unseen: Vec<Uid> = mb
+                .with_view(|v| {
+                    v.map(|i| targets.iter().filter(|(_, u)| i.get(*u).is_some_and(|m| m.flags & 1 == 0)).map(|(_, u)| *u).collect())
+                        .unwrap_or_default()
+                })
+                .await;
+            if !unseen.is_empty() {
+                let op = Op::Store { uids: unseen, mode: FlagMode::Add, flags: vec!["\\Seen".into()], unchanged_since: None };
+                if let Err(e) = self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
+                    return Ok(e.into());
+                }
+                let _ = mb.refresh().await;
+                show_flags = true;
+            }
+        }
+        let rows: Vec<Row> = mb
+            .with_view(|v| {
+                let Some(idx) = v else { return vec![] };
+                targets
+                    .iter()
+                    .filter_map(|(seq, u)| {
+                        let m = idx.get(*u)?;
+                        if changed_since.is_some_and(|c| m.modseq <= c) {
+                            return None;
+                        }
+                        Some(Row { seq: *seq, uid: *u, id: m.id, flags: idx.flag_names(m.flags), modseq: m.modseq })
+                    })
+                    .collect()
+            })
+            .await;
+        let mut items = items;
+        if show_flags && !items.iter().any(|i| matches!(i, MessageDataItemName::Flags)) {
+            items.push(MessageDataItemName::Flags);
+        }
+        let opts = fetch::Options { uid, modseq: self.enabled.condstore && (changed_since.is_some() || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq))) };
+        let mut failed = 0;
+        for row in &rows {
+            match fetch::write_row(&mut self.conn, &self.imap.store, &keys, &mailbox, row, &items, &opts).await {
+                Ok(()) => {}
+                Err(fetch::FetchError::Storage(e)) => {
+                    log::warn!("FETCH of UID {}: {e}", row.uid);
+                    failed += 1;
+                }
+                Err(fetch::FetchError::Conn(e)) => return Err(e),
+            }
+        }
+        if show_flags {
+            // The \Seen change was shown in the rows.
+            if let Some(sel) = self.selected.as_mut() {
+                sel.told_modseq = sel.mb.with_view(|v| v.map_or(0, |i| i.highestmodseq)).await.max(sel.told_modseq);
+            }
+        }
+        self.sync(false, None).await?;
+        if failed > 0 {
+            return Ok(Done::No(format!("[UNAVAILABLE] {failed} message(s) could not be read; try again")));
+        }
+        Ok(Done::Ok(if uid { "UID FETCH completed" } else { "FETCH completed" }.into()))
+    }
+
+    async fn store(
+        &mut self,
+        set: SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: Vec<Flag<'_>>,
+        uid: bool,
+        modifiers: Vec<StoreModifier>,
+    ) -> Result<Done, ConnError> {
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        if sel.read_only {
+            return Ok(Done::No("[READ-ONLY] Mailbox is read-only".into()));
+        }
+        let flags: Vec<String> = flags.iter().map(flag_name).collect();
+        if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Recent")) {
+            return Ok(Done::Bad("\\Recent cannot be changed".into()));
+        }
+        let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
+        if unchanged_since.is_some() {
+            self.enabled.condstore = true;
+        }
+        let targets = self.resolve(&set, uid);
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        let (mb, mailbox) = (sel.mb.clone(), sel.info.id.clone());
+        let keys = self.user().keys.clone();
+        let mode = match kind {
+            StoreType::Add => FlagMode::Add,
+            StoreType::Remove => FlagMode::Remove,
+            StoreType::Replace => FlagMode::Replace,
+        };
+        let uids: Vec<Uid> = targets.iter().map(|(_, u)| *u).collect();
+        if uids.is_empty() {
+            self.sync(false, None).await?;
+            return Ok(Done::Ok("STORE completed".into()));
+        }
+        let op = Op::Store { uids: uids.clone(), mode, flags, unchanged_since };
+        let outcome = match self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
+            Ok(mut o) => o.pop(),
+            Err(e) => return Ok(e.into()),
+        };
+        let _ = mb.refresh().await;
+        let silent = matches!(response, StoreResponse::Silent);
+        let modified = outcome.as_ref().map(|o| o.modified.clone()).unwrap_or_default();
+        let told = self.sync(false, if silent { outcome.as_ref().map(|o| o.modseq) } else { None }).await?;
+        if !silent {
+            // Messages the STORE targeted but did not change still get
+            // their FLAGS (RFC 3501 §6.4.6).
+            let condstore = self.enabled.condstore;
+            let rest: Vec<u8> = mb
+                .with_view(|v| {
+                    let mut out = vec![];
+                    let Some(idx) = v else { return out };
+                    for (seq, u) in &targets {
+                        if told.contains(u) || modified.contains(u) {
+                            continue;
+                        }
+                        if let Some(m) = idx.get(*u) {
+                            out.extend_from_slice(format!("* {seq} FETCH (UID {u} FLAGS (").as_bytes());
+                            out.extend_from_slice(idx.flag_names(m.flags).join(" ").as_bytes());
+                            out.push(b')');
+                            if condstore {
+                                out.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+                            }
+                            out.extend_from_slice(b")\r\n");
+                        }
+                    }
+                    out
+                })
+                .await;
+            self.conn.write(&rest).await?;
+        }
+        if !modified.is_empty() {
+            let shown: Vec<String> = if uid {
+                vec![uid_set(&modified)]
+            } else {
+                let seqs: Vec<u32> = targets.iter().filter(|(_, u)| modified.contains(u)).map(|(s, _)| *s).collect();
+                vec![uid_set(&seqs)]
+            };
+            return Ok(Done::Ok(format!("[MODIFIED {}] Conditional STORE failed for some messages", shown[0])));
+        }
+        Ok(Done::Ok(if uid { "UID STORE completed" } else { "STORE completed" }.into()))
+    }
+
+    async fn expunge_deleted(&mut self, set: Option<SequenceSet>, respond: bool) -> Result<Done, ConnError> {
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        if sel.read_only {
+            return Ok(Done::No("[READ-ONLY] Mailbox is read-only".into()));
+        }
+        let within: Option<Vec<Uid>> = set.as_ref().map(|s| self.resolve(s, true).into_iter().map(|(_, u)| u).collect());
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        let (mb, mailbox) = (sel.mb.clone(), sel.info.id.clone());
+        let known = sel.uids.clone();
+        let keys = self.user().keys.clone();
+        let doomed: Vec<Uid> = mb
+            .with_view(|v| {
+                let Some(idx) = v else { return vec![] };
+                known
+                    .iter()
+                    .filter(|u| within.as_ref().is_none_or(|w| w.contains(u)))
+                    .filter(|u| idx.get(**u).is_some_and(|m| m.flags & 8 != 0))
+                    .copied()
+                    .collect()
+            })
+            .await;
+        if !doomed.is_empty() {
+            let op = Op::Expunge { uids: doomed };
+            if let Err(e) = self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
+                return Ok(e.into());
+            }
+            let _ = mb.refresh().await;
+        }
+        if respond {
+            self.sync(true, None).await?;
+        }
+        Ok(Done::Ok("EXPUNGE completed".into()))
+    }
+
+    async fn copy(&mut self, set: SequenceSet, target: &ImapMailbox<'_>, uid: bool, mv: bool) -> Result<Done, ConnError> {
+        let word = if mv { "MOVE" } else { "COPY" };
+        let name = self.name_in(target);
+        let Some(dest) = self.find(&name).await? else {
+            return Ok(Done::No(format!("[TRYCREATE] no mailbox {name}")));
+        };
+        let targets = self.resolve(&set, uid);
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        if mv && sel.read_only {
+            return Ok(Done::No("[READ-ONLY] Mailbox is read-only".into()));
+        }
+        let (mb, source) = (sel.mb.clone(), sel.info.id.clone());
+        let keys = self.user().keys.clone();
+        let msgs: Vec<(Uid, u64, Vec<String>)> = mb
+            .with_view(|v| {
+                let Some(idx) = v else { return vec![] };
+                targets.iter().filter_map(|(_, u)| idx.get(*u).map(|m| (*u, m.id, idx.flag_names(m.flags)))).collect()
+            })
+            .await;
+        if msgs.is_empty() {
+            return Ok(Done::Ok(format!("{word} completed (nothing to do)")));
+        }
+        let dest_mb = match self.open(&dest.id).await {
+            Ok(m) => m,
+            Err(d) => return Ok(d),
+        };
+        let mut ops = vec![];
+        for (_, id, flags) in &msgs {
+            match message::copy_message(&self.imap.store, &keys, &source, &dest.id, *id).await {
+                Ok(true) => ops.push((rand::random(), Op::Append { message: *id, flags: flags.clone() })),
+                Ok(false) => {}
+                Err(e) => return Ok(e.into()),
+            }
+        }
+        let outcomes = match self.imap.mail.submit(&keys, &dest.id, ops).await {
+            Ok(o) => o,
+            Err(e) => return Ok(e.into()),
+        };
+        let uidvalidity = dest_mb.with_view(|v| v.map_or(0, |i| i.uidvalidity)).await;
+        let src: Vec<Uid> = msgs.iter().map(|m| m.0).collect();
+        let dst: Vec<Uid> = outcomes.iter().filter_map(|o| o.uid).collect();
+        // COPYUID lists pairs in order: keep both lists as they came.
+        let list = |v: &[Uid]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",");
+        let code = format!("[COPYUID {uidvalidity} {} {}]", list(&src), list(&dst));
+        if self.selected.as_ref().is_some_and(|s| s.info.id == dest.id) {
+            let _ = dest_mb.refresh().await;
+        }
+        if mv {
+            self.conn.write(format!("* OK {code} Moved\r\n").as_bytes()).await?;
+            let op = Op::Expunge { uids: src };
+            if let Err(e) = self.imap.mail.submit(&keys, &source, vec![(rand::random(), op)]).await {
+                return Ok(e.into());
+            }
+            let _ = mb.refresh().await;
+            self.sync(true, None).await?;
+            return Ok(Done::Ok(format!("{word} completed")));
+        }
+        self.sync(false, None).await?;
+        Ok(Done::Ok(format!("{code} {word} completed")))
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        charset: Option<imap_codec::imap_types::core::Charset<'_>>,
+        criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+        extras: &Extras,
+    ) -> Result<Done, ConnError> {
+        if let Some(c) = &charset {
+            let c = c.as_ref().to_ascii_uppercase();
+            if c != "UTF-8" && c != "US-ASCII" {
+                return Ok(Done::No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset".into()));
+            }
+        }
+        let key = SearchKey::And(criteria);
+        let needs = search::needs(&key);
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        let (mb, mailbox) = (sel.mb.clone(), sel.info.id.clone());
+        let known = sel.uids.clone();
+        let keys = self.user().keys.clone();
+        let rows: Vec<(u32, Uid, u64, Vec<String>, ModSeq)> = mb
+            .with_view(|v| {
+                let Some(idx) = v else { return vec![] };
+                known
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, u)| idx.get(*u).map(|m| (i as u32 + 1, *u, m.id, idx.flag_names(m.flags), m.modseq)))
+                    .collect()
+            })
+            .await;
+        let scope = Scope {
+            max_seq: known.len() as u32,
+            max_uid: known.last().copied().unwrap_or(0),
+            now: chrono::Utc::now().timestamp(),
+        };
+        let mut hits: Vec<(u32, Uid, ModSeq)> = vec![];
+        for (seq, u, id, flags, modseq) in &rows {
+            let meta = if needs.meta {
+                match message::message_meta(&self.imap.store, &keys, &mailbox, *id).await {
+                    Ok(m) => m,
+                    Err(e) => return Ok(e.into()),
+                }
+            } else {
+                None
+            };
+            let header = meta.as_ref().filter(|_| needs.meta && !needs.text).map(|m| search::decode_header(&m.header));
+            let text = if needs.text {
+                match fetch::read_all(&self.imap.store, &keys, &mailbox, *id).await {
+                    Ok(Some(raw)) => Some(search::decode_message(&raw)),
+                    Ok(None) => None,
+                    Err(e) => return Ok(e.into()),
+                }
+            } else {
+                None
+            };
+            let c = Candidate {
+                seq: *seq,
+                uid: *u,
+                flags,
+                modseq: *modseq,
+                meta: meta.as_ref(),
+                header: header.as_ref().or(text.as_ref()),
+                text: text.as_ref(),
+            };
+            if search::matches(&key, &c, &scope) {
+                hits.push((*seq, *u, *modseq));
+            }
+        }
+        let uses_modseq = format!("{key:?}").contains("ModSequence");
+        let numbers: Vec<u32> = hits.iter().map(|(s, u, _)| if uid { *u } else { *s }).collect();
+        let max_modseq = hits.iter().map(|h| h.2).max();
+        match &extras.search_return {
+            Some(opts) => {
+                let opts: Vec<&str> = if opts.is_empty() { vec!["ALL"] } else { opts.iter().map(String::as_str).collect() };
+                if opts.contains(&"SAVE") {
+                    self.saved = hits.iter().map(|h| h.1).collect();
+                }
+                let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+                if uid {
+                    line.push_str(" UID");
+                }
+                if !numbers.is_empty() {
+                    for o in &opts {
+                        match *o {
+                            "MIN" => line.push_str(&format!(" MIN {}", numbers.iter().min().copied().unwrap_or(0))),
+                            "MAX" => line.push_str(&format!(" MAX {}", numbers.iter().max().copied().unwrap_or(0))),
+                            "ALL" => line.push_str(&format!(" ALL {}", uid_set(&numbers))),
+                            _ => {}
+                        }
+                    }
+                }
+                if opts.contains(&"COUNT") {
+                    line.push_str(&format!(" COUNT {}", numbers.len()));
+                }
+                if uses_modseq {
+                    if let Some(m) = max_modseq {
+                        line.push_str(&format!(" MODSEQ {m}"));
+                    }
+                }
+                // SAVE alone gives no ESEARCH response (RFC 5182 §2.4).
+                if !(opts.len() == 1 && opts[0] == "SAVE") {
+                    line.push_str("\r\n");
+                    self.conn.write(line.as_bytes()).await?;
+                }
+            }
+            None => {
+                let mut line = "* SEARCH".to_string();
+                for n in &numbers {
+                    line.push_str(&format!(" {n}"));
+                }
+                if uses_modseq {
+                    if let Some(m) = max_modseq {
+                        line.push_str(&format!(" (MODSEQ {m})"));
+                    }
+                }
+                line.push_str("\r\n");
+                self.conn.write(line.as_bytes()).await?;
+            }
+        }
+        self.sync(uid, None).await?;
+        Ok(Done::Ok(if uid { "UID SEARCH completed" } else { "SEARCH completed" }.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let m = |p: &str, n: &str| pattern_match(&p.chars().collect::<Vec<_>>(), &n.chars().collect::<Vec<_>>());
+        assert!(m("*", "a/b/c"));
+        assert!(m("%", "abc"));
+        assert!(!m("%", "a/b"));
+        assert!(m("a/%", "a/b"));
+        assert!(!m("a/%", "a/b/c"));
+        assert!(m("a*c", "a/b/c"));
+        assert!(m("INBOX", "INBOX"));
+    }
+
+    #[test]
+    fn uid_sets() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[]), "");
+        assert_eq!(uid_set(&[5]), "5");
+    }
+}
