@@ -144,7 +144,7 @@ fn dev_has_a_demo_user_and_user_commands_manage_users() {
     let port = |_| estafette::storage::local::free_port().unwrap().to_string();
     let (rpc, metrics) = (port(0), port(1));
     let child = Command::new(env!("CARGO_BIN_EXE_estafette"))
-        .args(["dev", "--data-dir", &d, "--rpc-port", &rpc, "--metrics-port", &metrics, "--lmtp-port", &port(2)])
+        .args(["dev", "--data-dir", &d, "--rpc-port", &rpc, "--metrics-port", &metrics, "--lmtp-port", &port(2), "--imap-port", &port(3), "--imaps-port", &port(4)])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

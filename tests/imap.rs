@@ -1,0 +1,107 @@
+//! IMAP against a real `estafette dev` node (the shipped binary, embedded
+//! Garage, self-signed TLS), with Python's imaplib and a raw line client
+//! as the peers. Each RFC area is one script under tests/imap/; each
+//! script asserts on full responses and exits non-zero on the first
+//! mismatch, which fails the test with the script's output.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Dev {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    imap: u16,
+    imaps: u16,
+    lmtp: u16,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn port() -> u16 {
+    estafette::storage::local::free_port().unwrap()
+}
+
+fn dev() -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let (imap, imaps, lmtp) = (port(), port(), port());
+    let d = dir.path().to_str().unwrap().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_estafette"))
+        .args(["dev", "--data-dir", &d])
+        .args(["--rpc-port", &port().to_string(), "--metrics-port", &port().to_string()])
+        .args(["--lmtp-port", &lmtp.to_string(), "--imap-port", &imap.to_string(), "--imaps-port", &imaps.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dev = Dev { child, dir, imap, imaps, lmtp };
+    // Ready once the demo user is listed and the IMAP port answers.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_estafette")).args(["user", "list", "--data-dir", &d]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("alice@example.test")
+            && std::net::TcpStream::connect(("127.0.0.1", imap)).is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dev node did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    dev
+}
+
+fn add_user(dev: &Dev, login: &str, address: &str, password: &str) {
+    use std::io::Write;
+    let d = dev.dir.path().to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_estafette"))
+        .args(["user", "add", login, "--address", address, "--password-stdin", "--data-dir", d])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn script(dev: &Dev, name: &str) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/imap");
+    let out = Command::new("python3")
+        .arg(format!("{dir}/{name}"))
+        .current_dir(dir)
+        .env("IMAP_PORT", dev.imap.to_string())
+        .env("IMAPS_PORT", dev.imaps.to_string())
+        .env("LMTP_PORT", dev.lmtp.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("ok"), "{name} failed:\n{text}");
+}
+
+#[test]
+fn rfc9051_session_states_tls_and_authentication() {
+    script(&dev(), "test_rfc9051_session.py");
+}
+
+#[test]
+fn rfc9051_messages_fetch_store_copy_move_expunge() {
+    script(&dev(), "test_rfc9051_messages.py");
+}
+
+#[test]
+fn rfc9051_mailboxes_list_status_special_use() {
+    script(&dev(), "test_rfc9051_mailboxes.py");
+}
+
+#[test]
+fn rfc9051_search_esearch_searchres_within() {
+    script(&dev(), "test_rfc9051_search.py");
+}
