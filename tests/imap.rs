@@ -105,3 +105,18 @@ fn rfc9051_mailboxes_list_status_special_use() {
 fn rfc9051_search_esearch_searchres_within() {
     script(&dev(), "test_rfc9051_search.py");
 }
+
+#[test]
+fn rfc7162_condstore_and_qresync() {
+    script(&dev(), "test_rfc7162_condstore_qresync.py");
+}
+
+#[test]
+fn rfc2177_idle_sees_other_sessions_and_lmtp() {
+    script(&dev(), "test_rfc2177_idle.py");
+}
+
+#[test]
+fn bad_input_is_answered_and_bounded() {
+    script(&dev(), "test_robustness.py");
+}

@@ -63,8 +63,8 @@ pub struct FrameLimits {
     pub line: usize,
     /// A literal in any command but APPEND.
     pub literal: u32,
-    /// A whole message: the APPEND literal plus its command.
-    pub message: u32,
+    /// The message literal of APPEND (APPENDLIMIT).
+    pub append: u32,
 }
 
 /// What the next client message turned out to be.
@@ -104,7 +104,7 @@ impl Conn {
         let tls = matches!(stream, Stream::Tls(_));
         Conn {
             io: BufWriter::with_capacity(16 * 1024, stream),
-            frag: Fragmentizer::new(limits.message),
+            frag: Fragmentizer::new(limits.append.saturating_add(limits.line as u32)),
             limits,
             line_so_far: 0,
             in_literal: false,
@@ -133,7 +133,7 @@ impl Conn {
         };
         let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
         *self.io.get_mut() = Stream::Tls(Box::new(tls));
-        self.frag = Fragmentizer::new(self.limits.message);
+        self.frag = Fragmentizer::new(self.limits.append.saturating_add(self.limits.line as u32));
         self.line_so_far = 0;
         self.in_literal = false;
         self.tls = true;
@@ -173,7 +173,7 @@ impl Conn {
                     if let Some(LiteralAnnouncement { mode, length }) = announcement {
                         self.in_literal = true;
                         let append = is_append(self.frag.message_bytes());
-                        let limit = if append { self.limits.message } else { self.limits.literal };
+                        let limit = if append { self.limits.append } else { self.limits.literal };
                         if length > limit {
                             let tag = self.frag.decode_tag().map(|t| t.as_ref().to_string());
                             match mode {

@@ -127,7 +127,7 @@ impl Imap {
         let limits = FrameLimits {
             line: self.limits.max_line,
             literal: self.limits.max_literal,
-            message: self.limits.max_message.saturating_add(self.limits.max_line as u32),
+            append: self.limits.max_message,
         };
         let conn = Conn::new(stream, limits);
         session::Session::new(self, conn, peer).run().await;
