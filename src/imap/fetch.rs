@@ -59,7 +59,7 @@ pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
-fn section_parts(section: &Option<Section<'_>>) -> (Vec<u32>, Kind, String) {
+pub(super) fn section_parts(section: &Option<Section<'_>>) -> (Vec<u32>, Kind, String) {
     let path = |p: &Option<imap_codec::imap_types::fetch::Part>| -> Vec<u32> {
         p.as_ref().map(|p| p.0.as_ref().iter().map(|n| n.get()).collect()).unwrap_or_default()
     };
@@ -236,15 +236,7 @@ async fn section(
     spec: Spec,
     partial: Option<(u64, u64)>,
 ) -> Result<(), FetchError> {
-    let clip = |s: u64, e: u64| -> (u64, u64) {
-        match partial {
-            Some((o, l)) => {
-                let s2 = (s + o).min(e);
-                (s2, (s2 + l).min(e))
-            }
-            None => (s, e),
-        }
-    };
+    let clip = |s: u64, e: u64| clip(s, e, partial);
     match spec {
         Spec::Missing => {
             out.extend_from_slice(b"NIL");
@@ -260,6 +252,7 @@ async fn section(
         Spec::Range(start, end) => {
             let end = end.min(meta.size);
             let (s, e) = clip(start.min(end), end);
+            let (s, e) = (s.min(e), e);
             // Small ranges (headers are kept with the metadata) go inline.
             if e <= meta.header.len() as u64 {
                 literal(out, &meta.header[s as usize..e as usize]);
@@ -301,6 +294,17 @@ async fn section(
             }
             Ok(())
         }
+    }
+}
+
+/// The bytes `<origin.length>` selects of `start..end`.
+pub(super) fn clip(start: u64, end: u64, partial: Option<(u64, u64)>) -> (u64, u64) {
+    match partial {
+        Some((o, l)) => {
+            let s = start.saturating_add(o).min(end);
+            (s, s.saturating_add(l).min(end))
+        }
+        None => (start, end),
     }
 }
 

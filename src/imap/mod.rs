@@ -11,6 +11,8 @@ mod address;
 mod conn;
 mod extended;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod render;
 mod search;
 mod sections;
