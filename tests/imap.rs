@@ -120,3 +120,8 @@ fn rfc2177_idle_sees_other_sessions_and_lmtp() {
 fn bad_input_is_answered_and_bounded() {
     script(&dev(), "test_robustness.py");
 }
+
+#[test]
+fn fetch_rendering_matches_dovecot() {
+    script(&dev(), "test_fetch_vs_dovecot.py");
+}

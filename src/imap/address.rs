@@ -201,15 +201,24 @@ fn addr_spec(toks: &[Tok]) -> (Option<String>, Option<String>) {
     let toks: Vec<&Tok> = toks.iter().filter(|t| !matches!(t, Tok::Comment(_))).collect();
     let at = toks.iter().rposition(|t| **t == Tok::Special('@'));
     let owned = |ts: &[&Tok]| spec_text(&ts.iter().map(|t| clone_tok(t)).collect::<Vec<_>>());
+    // A quoted local part is shown without its quotes, a missing domain
+    // as MISSING_DOMAIN (both as Dovecot does).
+    let local_of = |ts: &[&Tok]| -> String {
+        match ts {
+            [Tok::Quoted(q)] => q.clone(),
+            _ => owned(ts),
+        }
+    };
     match at {
         Some(at) => {
-            let local = owned(&toks[..at]);
+            let local = local_of(&toks[..at]);
             let host = owned(&toks[at + 1..]);
-            (Some(local), (!host.is_empty()).then_some(host))
+            (Some(local), Some(if host.is_empty() { "MISSING_DOMAIN".into() } else { host }))
         }
         None => {
-            let local = owned(&toks);
-            ((!local.is_empty()).then_some(local), None)
+            let local = local_of(&toks);
+            let host = (!local.is_empty()).then(|| "MISSING_DOMAIN".to_string());
+            ((!local.is_empty()).then_some(local), host)
         }
     }
 }

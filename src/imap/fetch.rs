@@ -239,7 +239,7 @@ async fn section(
     let clip = |s: u64, e: u64| clip(s, e, partial);
     match spec {
         Spec::Missing => {
-            out.extend_from_slice(b"NIL");
+            out.extend_from_slice(b"{0}\r\n");
             Ok(())
         }
         Spec::Fields { start, end, names, not } => {

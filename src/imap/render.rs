@@ -12,9 +12,12 @@ use chrono::{FixedOffset, TimeZone};
 use super::address::{parse_address_list, Address};
 use crate::mail::message::{Envelope, MessageMeta, Part};
 
-/// A string as IMAP wants it: quoted when it can be, a literal otherwise.
+/// A string as IMAP wants it, chosen as Dovecot chooses (clients see the
+/// same bytes from both): quoted unless it holds CR, LF, NUL, 8-bit
+/// bytes or more than four characters to escape; a literal otherwise.
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
-    let quotable = s.len() < 1024 && s.iter().all(|&c| c != b'\r' && c != b'\n' && c != 0 && c < 0x80);
+    let escapes = s.iter().filter(|&&c| c == b'"' || c == b'\\').count();
+    let quotable = escapes <= 4 && s.iter().all(|&c| c != b'\r' && c != b'\n' && c != 0 && c < 0x80);
     if quotable {
         out.push(b'"');
         for &c in s {
@@ -111,7 +114,14 @@ pub fn envelope(out: &mut Vec<u8>, meta: &MessageMeta) {
 }
 
 fn envelope_fields(out: &mut Vec<u8>, e: &Envelope) {
+    // A folded value, or one with trailing space, goes out as a literal
+    // without its line breaks and outer space, as Dovecot sends it.
     let text = |out: &mut Vec<u8>, v: &Option<String>| match v {
+        Some(v) if v.contains(['\r', '\n']) || v.ends_with([' ', '\t']) => {
+            let u = unfold(v);
+            out.extend_from_slice(format!("{{{}}}\r\n", u.len()).as_bytes());
+            out.extend_from_slice(u.as_bytes());
+        }
         Some(v) => string(out, unfold(v).as_bytes()),
         None => out.extend_from_slice(b"NIL"),
     };
@@ -187,17 +197,30 @@ fn body_structure_depth(out: &mut Vec<u8>, meta: &MessageMeta, idx: usize, exten
             params(out, &p.params);
             out.push(b' ');
             disposition(out, p);
-            out.extend_from_slice(b" NIL NIL");
+            out.push(b' ');
+            language_location(out, p);
         }
         out.push(b')');
         return;
     }
-    let (ctype, subtype) = if p.ctype == "multipart" {
-        // A multipart without parts is shown as text, as Dovecot does.
-        ("text", "plain")
-    } else {
-        (p.ctype.as_str(), p.subtype.as_str())
-    };
+    if p.ctype == "multipart" {
+        // A multipart whose parts cannot be found (no boundary): one
+        // empty text part, as Dovecot shows it.
+        out.extend_from_slice(b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0");
+        if extended {
+            out.extend_from_slice(b" NIL NIL NIL NIL");
+        }
+        out.extend_from_slice(b") ");
+        string(out, p.subtype.as_bytes());
+        if extended {
+            out.push(b' ');
+            params(out, &p.params);
+            out.extend_from_slice(b" NIL NIL NIL");
+        }
+        out.push(b')');
+        return;
+    }
+    let (ctype, subtype) = (p.ctype.as_str(), p.subtype.as_str());
     string(out, ctype.as_bytes());
     out.push(b' ');
     string(out, subtype.as_bytes());
@@ -235,9 +258,28 @@ fn body_structure_depth(out: &mut Vec<u8>, meta: &MessageMeta, idx: usize, exten
     if extended {
         out.extend_from_slice(b" NIL ");
         disposition(out, p);
-        out.extend_from_slice(b" NIL NIL");
+        out.push(b' ');
+        language_location(out, p);
     }
     out.push(b')');
+}
+
+fn language_location(out: &mut Vec<u8>, p: &Part) {
+    match &p.language {
+        Some(tags) if !tags.is_empty() => {
+            out.push(b'(');
+            for (i, t) in tags.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                string(out, t.as_bytes());
+            }
+            out.push(b')');
+        }
+        _ => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b' ');
+    nstring(out, p.location.as_deref().map(str::as_bytes));
 }
 
 fn disposition(out: &mut Vec<u8>, p: &Part) {

@@ -11,7 +11,7 @@ pub enum Spec {
     Range(u64, u64),
     /// The header in this byte range, filtered by field names.
     Fields { start: u64, end: u64, names: Vec<String>, not: bool },
-    /// No such part.
+    /// No such part (sent as an empty string, as Dovecot does).
     Missing,
 }
 
@@ -33,7 +33,8 @@ fn is_message(p: &Part) -> bool {
 /// itself for part 1 of a single-part message.
 fn step(meta: &MessageMeta, base: usize, n: u32) -> Option<usize> {
     let p = meta.parts.get(base)?;
-    if p.ctype == "multipart" && !p.children.is_empty() {
+    if p.ctype == "multipart" {
+        // (No children: a multipart without a boundary has no parts.)
         p.children.get((n as usize).checked_sub(1)?).copied()
     } else if n == 1 {
         Some(base)
@@ -56,8 +57,10 @@ pub fn find_part(meta: &MessageMeta, path: &[u32]) -> Option<usize> {
                 cur
             }
         };
-        if depth > 0 && base == cur && meta.parts.get(cur)?.ctype != "multipart" {
-            // Only multiparts and messages have sub-parts.
+        // Part 1 of a leaf inside a multipart is the leaf itself (as
+        // Dovecot answers BODY[2.1] of a text part 2); a single-part
+        // message's part 1 has no sub-parts.
+        if depth > 0 && cur == 0 {
             return None;
         }
         cur = step(meta, base, *n)?;
@@ -133,9 +136,11 @@ pub fn resolve(meta: &MessageMeta, path: &[u32], kind: &Kind) -> Spec {
 pub fn filter_header(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     let mut out = vec![];
     let mut keep = false;
+    let mut ended = false;
     for line in header.split_inclusive(|c| *c == b'\n') {
         let blank = line == b"\r\n" || line == b"\n";
         if blank {
+            ended = true;
             break;
         }
         let continuation = line.first().is_some_and(|c| *c == b' ' || *c == b'\t');
@@ -152,7 +157,11 @@ pub fn filter_header(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
             }
         }
     }
-    out.extend_from_slice(b"\r\n");
+    // The blank line that ends a header, if this one had it (a message
+    // that is all header has none, and Dovecot adds none).
+    if ended {
+        out.extend_from_slice(b"\r\n");
+    }
     out
 }
 
@@ -183,7 +192,7 @@ mod tests {
         assert_eq!(bytes(&m, &[2, 2], Kind::All), b"<b>inner-b</b>");
         assert!(bytes(&m, &[2, 2], Kind::Mime).starts_with(b"Content-Type: text/html"));
         assert_eq!(bytes(&m, &[3], Kind::All), b"NIL");
-        assert_eq!(bytes(&m, &[1, 1], Kind::All), b"NIL");
+        assert_eq!(bytes(&m, &[1, 1], Kind::All), b"one", "part 1 of a leaf is the leaf");
         assert_eq!(bytes(&m, &[], Kind::Fields(vec!["subject".into()], false)), b"Subject: hi\r\n\r\n");
         assert_eq!(bytes(&m, &[2], Kind::Fields(vec!["SUBJECT".into()], false)), b"Subject: inner\r\n\r\n");
         let not = bytes(&m, &[], Kind::Fields(vec!["subject".into(), "content-type".into()], true));

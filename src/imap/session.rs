@@ -121,6 +121,23 @@ fn flag_name(f: &Flag<'_>) -> String {
     f.to_string()
 }
 
+/// `\n` not preceded by `\r` becomes `\r\n`.
+fn crlf(raw: Vec<u8>) -> Vec<u8> {
+    if !raw.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r') && raw.first() != Some(&b'\n') {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &c in &raw {
+        if c == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
+}
+
 /// A set of UIDs as IMAP's compact form (`1:3,7`).
 fn uid_set(uids: &[Uid]) -> String {
     let mut sorted = uids.to_vec();
@@ -917,6 +934,9 @@ impl Session {
             Err(d) => return Ok(d),
         };
         let date = date.unwrap_or_else(|| chrono::Utc::now().timestamp());
+        // Mail is CRLF on the wire: bare LFs become CRLF, as in LMTP (and
+        // as Dovecot stores them).
+        let raw = crlf(raw);
         let (id, _) = match message::store_message(&self.imap.store, &keys, &info.id, &raw, date).await {
             Ok(x) => x,
             Err(e) => return Ok(e.into()),

@@ -58,6 +58,11 @@ pub struct Part {
     /// For message/rfc822: the nested message's envelope fields.
     #[serde(default)]
     pub envelope: Option<Box<Envelope>>,
+    /// Content-Language tags and Content-Location (BODYSTRUCTURE extension data).
+    #[serde(default)]
+    pub language: Option<Vec<String>>,
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +121,9 @@ pub fn parse_meta(raw: &[u8], internal_date: i64) -> MessageMeta {
 }
 
 fn envelope_of(msg: &mail_parser::Message<'_>) -> Envelope {
-    let raw_header = |name: &str| msg.header_raw(name).map(|v| v.trim().to_string());
+    // Leading space trimmed only: IMAP renders a value with trailing
+    // space differently (as a literal, like Dovecot).
+    let raw_header = |name: &str| msg.header_raw(name).map(|v| v.trim_start().trim_end_matches(['\r', '\n']).to_string());
     Envelope {
         date: raw_header("Date"),
         subject: raw_header("Subject"),
@@ -162,7 +169,26 @@ fn flatten(msg: &mail_parser::Message<'_>, whole: &[u8], base: u64, out: &mut Ve
                     .unwrap_or_default(),
             )
         });
-        let (ob, oe) = (base + u64::from(p.offset_body), base + u64::from(p.offset_end));
+        let params = match raw_field(p, whole, base, "Content-Type") {
+            Some(v) if v.contains(';') => raw_params(&v),
+            _ => params,
+        };
+        let disposition = match (disposition, raw_field(p, whole, base, "Content-Disposition")) {
+            (Some((kind, _)), Some(v)) => Some((kind, raw_params(&v))),
+            (d, _) => d,
+        };
+        let (ob, mut oe) = (base + u64::from(p.offset_body), base + u64::from(p.offset_end));
+        if matches!(p.body, PartType::Multipart(_)) && i > 0 {
+            // A nested multipart ends after its close delimiter's line
+            // break (the next delimiter starts on the following line), as
+            // Dovecot counts it.
+            let rest = whole.get(oe as usize..).unwrap_or(&[]);
+            if rest.starts_with(b"\r\n--") {
+                oe += 2;
+            } else if rest.starts_with(b"\n--") {
+                oe += 1;
+            }
+        }
         let body = whole.get(ob as usize..(oe as usize).min(whole.len())).unwrap_or(&[]);
         let children = match &p.body {
             PartType::Multipart(ids) => ids.iter().map(|id| first + *id as usize).collect(),
@@ -183,8 +209,8 @@ fn flatten(msg: &mail_parser::Message<'_>, whole: &[u8], base: u64, out: &mut Ve
             ctype,
             subtype,
             params,
-            id: p.content_id().map(str::to_string),
-            description: p.content_description().map(str::to_string),
+            id: raw_field(p, whole, base, "Content-ID").or_else(|| p.content_id().map(str::to_string)),
+            description: raw_field(p, whole, base, "Content-Description").or_else(|| p.content_description().map(str::to_string)),
             encoding: p.content_transfer_encoding().map(str::to_ascii_lowercase),
             disposition,
             offset_header: base + u64::from(p.offset_header),
@@ -194,6 +220,9 @@ fn flatten(msg: &mail_parser::Message<'_>, whole: &[u8], base: u64, out: &mut Ve
             children,
             message,
             envelope,
+            language: raw_field(p, whole, base, "Content-Language")
+                .map(|v| v.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()),
+            location: raw_field(p, whole, base, "Content-Location"),
         };
     }
     first
@@ -211,13 +240,73 @@ fn find_header_end(raw: &[u8]) -> usize {
     raw.len()
 }
 
+/// Lines as IMAP servers count them (Dovecot: line feeds; a last line
+/// without one, usually the line before a boundary, does not count).
 fn count_lines(b: &[u8]) -> u64 {
-    let n = b.iter().filter(|c| **c == b'\n').count() as u64;
-    if b.last().is_some_and(|c| *c != b'\n') {
-        n + 1
-    } else {
-        n
+    b.iter().filter(|c| **c == b'\n').count() as u64
+}
+
+/// A header field of a part as written (unfolded, trimmed): IMAP shows
+/// Content-ID and Content-Description raw, not decoded.
+/// Parameters of a Content-Type/Content-Disposition value as written
+/// (RFC 2231 names like `name*` kept; IMAP shows them raw, as Dovecot).
+fn raw_params(value: &str) -> Vec<(String, String)> {
+    let mut segments = vec![];
+    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in value.chars() {
+        match c {
+            _ if escaped => {
+                cur.push(c);
+                escaped = false;
+            }
+            '\\' if quoted => {
+                cur.push(c);
+                escaped = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ';' if !quoted => segments.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
     }
+    segments.push(cur);
+    segments
+        .iter()
+        .skip(1)
+        .filter_map(|seg| {
+            let (k, v) = seg.split_once('=')?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                return None;
+            }
+            let v = match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                Some(q) => {
+                    let mut out = String::new();
+                    let mut esc = false;
+                    for c in q.chars() {
+                        if esc || c != '\\' {
+                            out.push(c);
+                            esc = false;
+                        } else {
+                            esc = true;
+                        }
+                    }
+                    out
+                }
+                None => v.to_string(),
+            };
+            Some((k.to_string(), v))
+        })
+        .collect()
+}
+
+fn raw_field(p: &mail_parser::MessagePart<'_>, whole: &[u8], base: u64, name: &str) -> Option<String> {
+    let h = p.headers.iter().find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    let (s, e) = ((base + u64::from(h.offset_start)) as usize, (base + u64::from(h.offset_end)) as usize);
+    let v = String::from_utf8_lossy(whole.get(s..e)?).replace(['\r', '\n'], "");
+    Some(v.trim().to_string())
 }
 
 fn meta_partition(mailbox: &str) -> String {
