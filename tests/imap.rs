@@ -79,6 +79,7 @@ fn script(dev: &Dev, name: &str) {
         .env("IMAP_PORT", dev.imap.to_string())
         .env("IMAPS_PORT", dev.imaps.to_string())
         .env("LMTP_PORT", dev.lmtp.to_string())
+        .env("DEV_CERT", dev.dir.path().join("tls-cert.pem"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("python3 runs");
@@ -124,4 +125,9 @@ fn bad_input_is_answered_and_bounded() {
 #[test]
 fn fetch_rendering_matches_dovecot() {
     script(&dev(), "test_fetch_vs_dovecot.py");
+}
+
+#[test]
+fn isync_two_way_sync_of_500_messages() {
+    script(&dev(), "test_mbsync.py");
 }
