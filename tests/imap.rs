@@ -29,15 +29,21 @@ fn port() -> u16 {
 }
 
 fn dev() -> Dev {
+    dev_regions(1)
+}
+
+/// `estafette dev --regions N`: N processes on 127.0.0.1..N, same ports.
+fn dev_regions(n: u8) -> Dev {
     let dir = tempfile::tempdir().unwrap();
     let (imap, imaps, lmtp) = (port(), port(), port());
     let d = dir.path().to_str().unwrap().to_string();
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_estafette"))
-        .args(["dev", "--data-dir", &d])
+        .args(["dev", "--data-dir", &d, "--regions", &n.to_string()])
         .args(["--rpc-port", &port().to_string(), "--metrics-port", &port().to_string()])
         .args(["--lmtp-port", &lmtp.to_string(), "--imap-port", &imap.to_string(), "--imaps-port", &imaps.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let dev = Dev { child, dir, imap, imaps, lmtp };
@@ -46,7 +52,7 @@ fn dev() -> Dev {
     loop {
         let out = Command::new(env!("CARGO_BIN_EXE_estafette")).args(["user", "list", "--data-dir", &d]).output().unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("alice@example.test")
-            && std::net::TcpStream::connect(("127.0.0.1", imap)).is_ok()
+            && (1..=n).all(|i| std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), imap)).is_ok())
         {
             break;
         }
@@ -72,6 +78,10 @@ fn add_user(dev: &Dev, login: &str, address: &str, password: &str) {
 }
 
 fn script(dev: &Dev, name: &str) {
+    script_env(dev, name, &[]);
+}
+
+fn script_env(dev: &Dev, name: &str, env: &[(&str, &str)]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/imap");
     let out = Command::new("python3")
         .arg(format!("{dir}/{name}"))
@@ -81,10 +91,15 @@ fn script(dev: &Dev, name: &str) {
         .env("LMTP_PORT", dev.lmtp.to_string())
         .env("DEV_CERT", dev.dir.path().join("tls-cert.pem"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("python3 runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("ok"), "{name} failed:\n{text}");
+    if !(out.status.success() && text.contains("ok")) {
+        let log = std::fs::read_to_string(dev.dir.path().join("dev.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        panic!("{name} failed:\n{text}\n--- dev node log (tail) ---\n{}", tail.join("\n"));
+    }
 }
 
 #[test]
@@ -130,4 +145,10 @@ fn fetch_rendering_matches_dovecot() {
 #[test]
 fn isync_two_way_sync_of_500_messages() {
     script(&dev(), "test_mbsync.py");
+}
+
+#[test]
+fn three_regions_append_on_one_node_idle_on_another() {
+    let dev = dev_regions(3);
+    script_env(&dev, "test_cluster_idle.py", &[("IMAP_HOST1", "127.0.0.1"), ("IMAP_HOST3", "127.0.0.3")]);
 }

@@ -292,6 +292,13 @@ impl Session {
                 return Ok(Done::Ok("CAPABILITY completed".into()));
             }
             CommandBody::Noop | CommandBody::Check => {
+                // An explicit check reads storage, not only notifications:
+                // whatever any session anywhere finished before is seen.
+                if let Some(sel) = &self.selected {
+                    if let Err(e) = sel.mb.refresh().await {
+                        log::debug!("refresh on NOOP: {e}");
+                    }
+                }
                 self.sync(true, None).await?;
                 return Ok(Done::Ok(format!("{} completed", body.name())));
             }
