@@ -68,6 +68,7 @@ async fn wait_for(dir: &Path, i: u8, up: usize, what: &str) {
             if s.layout_version >= 1
                 && s.nodes.iter().filter(|n| n.up).count() == up
                 && s.partitions_with_quorum == s.partitions
+                && s.read_version == s.layout_version
             {
                 return;
             }

@@ -101,7 +101,10 @@ impl UsersFile {
                 salt: hex::encode(rand::random::<[u8; 32]>()),
                 users: vec![],
             };
-            write_atomically(path, &data)?;
+            // Several nodes may share one users file and start at once:
+            // only the first creation counts, or each would hold its own
+            // salt (and compute other user ids) until the next reload.
+            write_atomically(path, &data, false)?;
         }
         let file = UsersFile {
             path: path.to_owned(),
@@ -187,13 +190,16 @@ impl UsersFile {
                 salt: hex::encode(cur.salt),
                 users,
             },
+            true,
         )?;
         self.reload()?;
         Ok(out)
     }
 }
 
-fn write_atomically(path: &Path, data: &UsersFileData) -> Result<(), AccountsError> {
+/// Writes the file whole (temporary file, then rename). With `replace`
+/// false, an existing file is kept (the creation of another process won).
+fn write_atomically(path: &Path, data: &UsersFileData, replace: bool) -> Result<(), AccountsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let err = |e: std::io::Error| AccountsError::UsersFile {
@@ -207,7 +213,7 @@ fn write_atomically(path: &Path, data: &UsersFileData) -> Result<(), AccountsErr
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -219,7 +225,15 @@ fn write_atomically(path: &Path, data: &UsersFileData) -> Result<(), AccountsErr
         .and_then(|_| f.write_all(text.as_bytes()))
         .and_then(|_| f.sync_all())
         .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    if replace {
+        return std::fs::rename(&tmp, path).map_err(err);
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(err(e)),
+        _ => Ok(()),
+    }
 }
 
 impl Directory for UsersFile {
@@ -289,6 +303,18 @@ mod tests {
         let e = f.reload().unwrap_err().to_string();
         assert!(e.contains("users.toml") && e.contains("salt"), "{e}");
         assert!(f.user("alice").is_some());
+    }
+
+    #[test]
+    fn concurrent_creation_yields_one_salt() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("users.toml");
+        let files: Vec<UsersFile> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| UsersFile::open(&path).unwrap())).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ids: std::collections::HashSet<_> = files.iter().map(|f| f.user_id("alice")).collect();
+        assert_eq!(ids.len(), 1, "every opener sees the same salt");
     }
 
     #[test]

@@ -53,6 +53,30 @@ pub enum BenchCommand {
         #[arg(long, default_value = "lmtp")]
         label: String,
     },
+    /// An IMAP server (ours or Dovecot): APPEND throughput, SELECT+FETCH of
+    /// headers, SEARCH BODY, memory per idle connection.
+    Imap {
+        /// host:port of the IMAP server (plain TCP, loopback).
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "alice")]
+        user: String,
+        #[arg(long, default_value = "hunter2")]
+        password: String,
+        /// Messages appended, then fetched and searched.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Idle connections for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Sum the RSS of processes whose command line contains this
+        /// (e.g. the server's config path) before and after the idle
+        /// connections; no memory figure without it.
+        #[arg(long)]
+        rss_pattern: Option<String>,
+        #[arg(long, default_value = "imap")]
+        label: String,
+    },
     /// The mailbox engine: appends through the sequencer, SELECT of a big
     /// mailbox cold and warm, bytes per message, notification latency.
     Mail {
@@ -76,6 +100,9 @@ pub async fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::IdleRss => idle_rss().await,
         BenchCommand::Mail { nodes, ops, messages } => mail(nodes, ops, messages).await,
         BenchCommand::Lmtp { target, rcpt, messages, label } => lmtp(&target, &rcpt, messages, &label).await,
+        BenchCommand::Imap { target, user, password, messages, connections, rss_pattern, label } => {
+            super::bench_imap::run(super::bench_imap::Args { target, user, password, messages, connections, rss_pattern, label }).await
+        }
     }
 }
 
@@ -257,7 +284,7 @@ async fn idle_rss() -> Result<(), String> {
         if let Ok(crate::server::admin::Response::Status(s)) =
             crate::server::admin::call(&sock, &crate::server::admin::Request::Status).await
         {
-            if s.layout_version > 0 && s.partitions_with_quorum == s.partitions {
+            if s.ready() {
                 break;
             }
         }

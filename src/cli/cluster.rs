@@ -68,8 +68,14 @@ pub fn render_status(s: &ClusterStatus) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "layout version {}, replication factor {}, {} ({}/{} partitions with quorum)",
-        s.layout_version, s.replication_factor, s.health, s.partitions_with_quorum, s.partitions
+        "layout version {} (reads from {}{}), replication factor {}, {} ({}/{} partitions with quorum)",
+        s.layout_version,
+        s.read_version,
+        if s.read_version < s.layout_version { ", syncing" } else { "" },
+        s.replication_factor,
+        s.health,
+        s.partitions_with_quorum,
+        s.partitions
     );
     let _ = writeln!(
         out,

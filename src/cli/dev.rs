@@ -221,7 +221,7 @@ async fn ensure_demo_user_remote(dir: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Response::Status(s)) = call(&sock, &Request::Status).await {
-            if s.layout_version > 0 && s.partitions > 0 && s.partitions_with_quorum == s.partitions {
+            if s.ready() {
                 break;
             }
         }

@@ -2,6 +2,7 @@
 //! runs the layers below; none holds logic of its own beyond presentation.
 
 mod bench;
+mod bench_imap;
 mod cluster;
 mod dev;
 mod node;

@@ -69,7 +69,23 @@ pub struct ClusterStatus {
     pub health: String,
     pub partitions_with_quorum: usize,
     pub partitions: usize,
+    /// The layout version reads are served from (Garage reads from the
+    /// oldest version not yet synced everywhere; right after the first
+    /// layout that is version 0, which holds nothing).
+    #[serde(default)]
+    pub read_version: u64,
     pub nodes: Vec<NodeStatus>,
+}
+
+impl ClusterStatus {
+    /// A layout, quorum for every partition, and reads served from the
+    /// current layout: what the cluster needs before it can be trusted.
+    pub fn ready(&self) -> bool {
+        self.layout_version > 0
+            && self.partitions > 0
+            && self.partitions_with_quorum == self.partitions
+            && self.read_version == self.layout_version
+    }
 }
 
 /// The Garage configuration for this node, built in code.
@@ -201,19 +217,28 @@ impl Node {
         self.garage.system.cluster_layout().inner().current().version
     }
 
-    /// Waits until the cluster has a layout and this node can reach a quorum
-    /// for every partition, or the deadline passes.
+    /// The layout version reads are served from (see ClusterStatus).
+    pub fn read_version(&self) -> u64 {
+        self.garage.system.cluster_layout().sync_map_min()
+    }
+
+    /// Waits until the cluster has a layout, this node can reach a quorum
+    /// for every partition and reads are served from the current layout
+    /// (before that, a value just written may read as missing), or the
+    /// deadline passes.
     pub async fn wait_ready(&self, deadline: Duration) -> Result<(), StorageError> {
         let start = std::time::Instant::now();
         loop {
             let h = self.garage.system.health();
-            if self.layout_version() > 0 && h.partitions > 0 && h.partitions_quorum == h.partitions {
+            let version = self.layout_version();
+            if version > 0 && h.partitions > 0 && h.partitions_quorum == h.partitions && self.read_version() >= version {
                 return Ok(());
             }
             if start.elapsed() > deadline {
                 return Err(StorageError::Unavailable(format!(
-                    "cluster not ready after {deadline:?}: layout version {}, {}/{} partitions with quorum",
+                    "cluster not ready after {deadline:?}: layout version {} (reads from {}), {}/{} partitions with quorum",
                     self.layout_version(),
+                    self.read_version(),
                     h.partitions_quorum,
                     h.partitions
                 )));
@@ -351,6 +376,7 @@ impl Node {
             health: format!("{:?}", health.status),
             partitions_with_quorum: health.partitions_quorum,
             partitions: health.partitions,
+            read_version: self.read_version(),
             nodes,
         }
     }
