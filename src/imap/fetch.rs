@@ -120,15 +120,11 @@ pub async fn write_row(
     row: &Row,
     items: &[MessageDataItemName<'_>],
     opts: &Options,
+    meta: Option<MessageMeta>,
 ) -> Result<(), FetchError> {
-    let meta = if needs_meta(items) {
-        match message::message_meta(store, keys, mailbox, row.id).await? {
-            Some(m) => Some(m),
-            None => return Err(StorageError::Corrupt(format!("message {} has no metadata", row.uid)).into()),
-        }
-    } else {
-        None
-    };
+    if meta.is_none() && needs_meta(items) {
+        return Err(StorageError::Corrupt(format!("message {} has no metadata", row.uid)).into());
+    }
     let mut out = format!("* {} FETCH (", row.seq).into_bytes();
     let mut first = true;
     let mut sep = |out: &mut Vec<u8>| {
@@ -346,6 +342,34 @@ pub async fn read_range(
         }
     }
     Ok(out)
+}
+
+/// How many metadata reads are in flight while a FETCH or SEARCH walks
+/// a mailbox: each is a quorum read, so across regions one at a time
+/// would cost a round trip per message.
+pub const PREFETCH: usize = 32;
+
+/// The metadata of `ids`, in order, read `PREFETCH` at a time (`None`
+/// for each when `wanted` is false).
+pub fn metas(
+    store: Store,
+    keys: Arc<UserKeys>,
+    mailbox: String,
+    ids: Vec<MessageId>,
+    wanted: bool,
+) -> impl futures::Stream<Item = Result<Option<MessageMeta>, StorageError>> {
+    futures::stream::iter(ids)
+        .map(move |id| {
+            let (store, keys, mailbox) = (store.clone(), keys.clone(), mailbox.clone());
+            async move {
+                if wanted {
+                    message::message_meta(&store, &keys, &mailbox, id).await
+                } else {
+                    Ok(None)
+                }
+            }
+        })
+        .buffered(PREFETCH)
 }
 
 /// The whole message (SEARCH BODY/TEXT).

@@ -25,6 +25,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::CommandCodec;
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::conn::{Conn, ConnError, Frame};
@@ -911,8 +912,9 @@ impl Session {
         if want_size {
             let keys = self.user().keys.clone();
             let mut size = 0u64;
-            for id in ids {
-                if let Some(m) = message::message_meta(&self.imap.store, &keys, &info.id, id).await.map_err(Done::from)? {
+            let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys, info.id.clone(), ids, true));
+            while let Some(m) = metas.next().await {
+                if let Some(m) = m.map_err(Done::from)? {
                     size += m.size;
                 }
             }
@@ -1059,8 +1061,19 @@ impl Session {
         }
         let opts = fetch::Options { uid, modseq: self.enabled.condstore && (changed_since.is_some() || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq))) };
         let mut failed = 0;
+        let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+        let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys.clone(), mailbox.clone(), ids, fetch::needs_meta(&items)));
         for row in &rows {
-            match fetch::write_row(&mut self.conn, &self.imap.store, &keys, &mailbox, row, &items, &opts).await {
+            let meta = match metas.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    log::warn!("FETCH of UID {}: {e}", row.uid);
+                    failed += 1;
+                    continue;
+                }
+                None => None,
+            };
+            match fetch::write_row(&mut self.conn, &self.imap.store, &keys, &mailbox, row, &items, &opts, meta).await {
                 Ok(()) => {}
                 Err(fetch::FetchError::Storage(e)) => {
                     log::warn!("FETCH of UID {}: {e}", row.uid);
@@ -1296,24 +1309,32 @@ impl Session {
             now: chrono::Utc::now().timestamp(),
         };
         let mut hits: Vec<(u32, Uid, ModSeq)> = vec![];
-        for (seq, u, id, flags, modseq) in &rows {
-            let meta = if needs.meta {
-                match message::message_meta(&self.imap.store, &keys, &mailbox, *id).await {
-                    Ok(m) => m,
-                    Err(e) => return Ok(e.into()),
-                }
-            } else {
-                None
-            };
-            let header = meta.as_ref().filter(|_| needs.meta && !needs.text).map(|m| search::decode_header(&m.header));
-            let text = if needs.text {
-                match fetch::read_all(&self.imap.store, &keys, &mailbox, *id).await {
-                    Ok(Some(raw)) => Some(search::decode_message(&raw)),
-                    Ok(None) => None,
-                    Err(e) => return Ok(e.into()),
-                }
-            } else {
-                None
+        // Reads (metadata, and bodies for BODY/TEXT) run ahead of the
+        // matching, several at a time; decoding happens on the way.
+        let loads = {
+            let (store, keys, mailbox) = (self.imap.store.clone(), keys.clone(), mailbox.clone());
+            futures::stream::iter(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                .map(move |id| {
+                    let (store, keys, mailbox) = (store.clone(), keys.clone(), mailbox.clone());
+                    async move {
+                        let meta = if needs.meta { message::message_meta(&store, &keys, &mailbox, id).await? } else { None };
+                        let header = meta.as_ref().filter(|_| !needs.text).map(|m| search::decode_header(&m.header));
+                        let text = if needs.text {
+                            fetch::read_all(&store, &keys, &mailbox, id).await?.map(|raw| search::decode_message(&raw))
+                        } else {
+                            None
+                        };
+                        Ok::<_, StorageError>((meta, header, text))
+                    }
+                })
+                .buffered(if needs.text { 8 } else { fetch::PREFETCH })
+        };
+        let mut loads = std::pin::pin!(loads);
+        for (seq, u, _id, flags, modseq) in &rows {
+            let (meta, header, text) = match loads.next().await {
+                Some(Ok(x)) => x,
+                Some(Err(e)) => return Ok(e.into()),
+                None => (None, None, None),
             };
             let c = Candidate {
                 seq: *seq,
