@@ -57,6 +57,11 @@ let
         inherit (cfg.listen) imap imaps lmtp metrics;
       };
       users = { file = cfg.usersFile; };
+      imap = {
+        max_message_size = cfg.imap.maxMessageSize;
+        max_connections = cfg.imap.maxConnections;
+        allow_plaintext_auth = cfg.imap.allowPlaintextAuth;
+      };
     } // lib.optionalAttrs (cfg.tls.certFile != null) {
       tls = {
         cert = "${credDir}/tls-cert";
@@ -150,6 +155,16 @@ in
       imaps = mkOption { type = types.nullOr types.str; default = null; example = "0.0.0.0:993"; description = "IMAP over TLS listener (needs `tls`), or null."; };
       lmtp = mkOption { type = types.nullOr types.str; default = "127.0.0.1:24"; description = "LMTP listener for the local MTA, or null."; };
       metrics = mkOption { type = types.nullOr types.str; default = "127.0.0.1:9187"; description = "Prometheus metrics listener, or null."; };
+    };
+
+    imap = {
+      maxMessageSize = mkOption { type = types.str; default = "50M"; description = "Largest message APPEND accepts (advertised as APPENDLIMIT)."; };
+      maxConnections = mkOption { type = types.ints.positive; default = 5000; description = "Concurrent IMAP connections on this node."; };
+      allowPlaintextAuth = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Allow LOGIN/AUTHENTICATE on the plain IMAP listener before STARTTLS (always allowed on loopback).";
+      };
     };
 
     tls = {
