@@ -90,6 +90,8 @@ fn script_env(dev: &Dev, name: &str, env: &[(&str, &str)]) {
         .env("IMAPS_PORT", dev.imaps.to_string())
         .env("LMTP_PORT", dev.lmtp.to_string())
         .env("DEV_CERT", dev.dir.path().join("tls-cert.pem"))
+        .env("DEV_DIR", dev.dir.path())
+        .env("ESTAFETTE_BIN", env!("CARGO_BIN_EXE_estafette"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .envs(env.iter().copied())
         .output()
@@ -151,4 +153,9 @@ fn isync_two_way_sync_of_500_messages() {
 fn three_regions_append_on_one_node_idle_on_another() {
     let dev = dev_regions(3);
     script_env(&dev, "test_cluster_idle.py", &[("IMAP_HOST1", "127.0.0.1"), ("IMAP_HOST3", "127.0.0.3")]);
+}
+
+#[test]
+fn rfc9208_quota_append_copy_expunge_and_lmtp() {
+    script(&dev(), "test_rfc9208_quota.py");
 }

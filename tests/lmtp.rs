@@ -347,3 +347,60 @@ async fn filing_leaves_a_delivery_whose_body_is_still_being_written() {
     assert_eq!(incoming::queued(&store, &uid).await.unwrap(), 0);
     f.cluster.shutdown().await;
 }
+
+/// One LMTP transaction to one recipient; the codes of the replies.
+async fn deliver_once(f: &Fixture, rcpt: &str, body_len: usize) -> Vec<String> {
+    let mut input = format!("LHLO client.test\r\nMAIL FROM:<carol@example.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").into_bytes();
+    input.extend_from_slice(b"Subject: sized\r\n\r\n");
+    input.extend_from_slice(&vec![b'x'; body_len]);
+    input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+    codes(&converse(&f.lmtp, &input).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quota_is_a_transient_452_and_too_big_for_the_quota_552() {
+    let f = fixture(1, 10 << 20).await;
+    f.accounts
+        .users_file()
+        .edit(|users| {
+            for u in users.iter_mut().filter(|u| u.login == "bob") {
+                u.quota = Some("20 KB".into());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // 8 KB fits, twice; the third would pass 20 KB: 452 4.2.2 at DATA.
+    for _ in 0..2 {
+        let c = deliver_once(&f, "bob@example.test", 8000).await;
+        assert_eq!(c[5], "250 2.0.0", "{c:?}");
+    }
+    let c = deliver_once(&f, "bob@example.test", 8000).await;
+    assert_eq!(c[5], "452 4.2.2", "{c:?}");
+    // A message larger than the whole quota can never fit: 552 5.2.2.
+    let c = deliver_once(&f, "bob@example.test", 30_000).await;
+    assert_eq!(c[5], "552 5.2.2", "{c:?}");
+    // Someone else's mail is not affected.
+    let c = deliver_once(&f, "alice@example.test", 30_000).await;
+    assert_eq!(c[5], "250 2.0.0", "{c:?}");
+    // Once the usage says full, RCPT itself answers 452 (the MTA keeps
+    // the mail and retries; nothing is bounced).
+    f.accounts
+        .users_file()
+        .edit(|users| {
+            for u in users.iter_mut().filter(|u| u.login == "bob") {
+                u.quota = Some("16 KB".into());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let c = deliver_once(&f, "bob@example.test", 10).await;
+    assert_eq!(c[3], "452 4.2.2", "{c:?}");
+    // The counters reach storage (another node reads the same usage).
+    f.mail.usage.flush().await;
+    let uid = f.accounts.directory().user_id("bob");
+    let used = f.mail.usage.current(&uid).await.unwrap();
+    assert!((16_000..20_000).contains(&used), "{used}");
+    f.cluster.shutdown().await;
+}

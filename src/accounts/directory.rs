@@ -21,6 +21,14 @@ pub struct User {
     pub quota: Option<String>,
 }
 
+impl User {
+    /// The quota in bytes (None: unlimited). The users file is validated
+    /// when loaded, so a quota that does not parse cannot be here.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        self.quota.as_deref().and_then(|q| crate::config::parse_capacity(q).ok())
+    }
+}
+
 pub trait Directory: Send + Sync {
     /// The user with this login (exact match).
     fn user(&self, login: &str) -> Option<User>;

@@ -321,6 +321,23 @@ impl Accounts {
         Ok(count)
     }
 
+    /// Sets or removes a user's storage quota (a size like "10G").
+    pub async fn set_quota(&self, login: &str, quota: Option<String>) -> Result<(), AccountsError> {
+        if let Some(q) = &quota {
+            crate::config::parse_capacity(q).map_err(AccountsError::Invalid)?;
+        }
+        self.users
+            .edit(|users| {
+                let u = users
+                    .iter_mut()
+                    .find(|u| u.login == login)
+                    .ok_or_else(|| AccountsError::NoSuchUser(login.to_string()))?;
+                u.quota = quota;
+                Ok(())
+            })
+            .await
+    }
+
     /// Deletes a user: every item and blob they own, their key record, and
     /// their entry in the users file.
     pub async fn delete_user(&self, login: &str) -> Result<(), AccountsError> {

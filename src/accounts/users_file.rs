@@ -68,6 +68,9 @@ fn parse(path: &Path, text: &str) -> Result<Loaded, AccountsError> {
         if !u.password.starts_with("$argon2") {
             return Err(bad(format!("key `user[{i}].password`: not an Argon2 PHC string")));
         }
+        if let Some(q) = &u.quota {
+            crate::config::parse_capacity(q).map_err(|r| bad(format!("key `user[{i}].quota`: {r}")))?;
+        }
         for (j, a) in u.addresses.iter().enumerate() {
             if super::directory::normalize_address(a).is_none() {
                 return Err(bad(format!("key `user[{i}].addresses[{j}]`: `{a}` is not local@domain")));

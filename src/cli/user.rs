@@ -48,7 +48,14 @@ pub enum UserCommand {
         #[command(flatten)]
         node: NodeSelector,
     },
-    /// List users and their addresses.
+    /// Set a user's storage quota (e.g. 10G), or remove it with `none`.
+    Quota {
+        login: String,
+        size: String,
+        #[command(flatten)]
+        node: NodeSelector,
+    },
+    /// List users, their addresses, quotas and usage.
     List {
         #[command(flatten)]
         node: NodeSelector,
@@ -125,11 +132,25 @@ pub async fn run(cmd: UserCommand) -> Result<(), String> {
             println!("user `{login}` deleted");
             Ok(())
         }
+        UserCommand::Quota { login, size, node } => {
+            let quota = (!size.eq_ignore_ascii_case("none")).then(|| size.clone());
+            done(ask(&node, Request::UserQuota { login: login.clone(), quota }).await?)?;
+            println!("quota of `{login}`: {size}");
+            Ok(())
+        }
         UserCommand::List { node } => match ask(&node, Request::UserList).await? {
             Response::Users { users } => {
-                println!("{:<24} {:<12} ADDRESSES", "LOGIN", "HOME");
+                println!("{:<24} {:<12} {:>10} {:>10}  ADDRESSES", "LOGIN", "HOME", "USED", "QUOTA");
                 for u in users {
-                    println!("{:<24} {:<12} {}", u.login, u.home_region.as_deref().unwrap_or("-"), u.addresses.join(", "));
+                    let used = u.used.map(|b| bytesize::ByteSize(b).to_string()).unwrap_or_else(|| "?".into());
+                    println!(
+                        "{:<24} {:<12} {:>10} {:>10}  {}",
+                        u.login,
+                        u.home_region.as_deref().unwrap_or("-"),
+                        used,
+                        u.quota.as_deref().unwrap_or("-"),
+                        u.addresses.join(", ")
+                    );
                 }
                 Ok(())
             }

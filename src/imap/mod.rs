@@ -168,6 +168,8 @@ impl Imap {
             "ESEARCH",
             "SEARCHRES",
             "WITHIN",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
         ]);
         let mut s = c.join(" ");
         s.push_str(&format!(" APPENDLIMIT={}", self.limits.max_message));

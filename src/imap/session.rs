@@ -80,6 +80,7 @@ impl From<MailboxesError> for Done {
 }
 
 struct User {
+    login: String,
     keys: Arc<UserKeys>,
     mailboxes: Mailboxes,
 }
@@ -419,6 +420,26 @@ impl Session {
                 self.append(&mailbox, flags, date, raw).await
             }
             CommandBody::Idle => self.idle(tag).await,
+            // QUOTA (RFC 9208): one root per user, STORAGE only, set by
+            // the operator (users file), not by clients.
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let name = self.name_in(&mailbox);
+                if self.find(&name).await?.is_none() {
+                    return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
+                }
+                let mut line = b"* QUOTAROOT ".to_vec();
+                line.extend_from_slice(&self.name_out(&name));
+                line.extend_from_slice(b" \"\"\r\n");
+                self.conn.write(&line).await?;
+                self.quota_line().await
+            }
+            CommandBody::GetQuota { root } => {
+                if !astr(&root).is_empty() {
+                    return Ok(Done::No(format!("[NONEXISTENT] no quota root {}", astr(&root))));
+                }
+                self.quota_line().await
+            }
+            CommandBody::SetQuota { .. } => Ok(Done::No("[NOPERM] Quotas are set by the administrator".into())),
             _ if !selected => Ok(Done::Bad(format!("{} needs a selected mailbox", body.name()))),
             CommandBody::Close => {
                 if let Some(sel) = &self.selected {
@@ -448,6 +469,36 @@ impl Session {
         }
     }
 
+    /// `* QUOTA "" (STORAGE used limit)` in KiB, when the user has a quota.
+    async fn quota_line(&mut self) -> Result<Done, ConnError> {
+        let user = self.user();
+        let quota = self.imap.accounts.directory().user(&user.login).and_then(|u| u.quota_bytes());
+        if let Some(q) = quota {
+            let used = match self.imap.mail.usage.current(&user.keys.user).await {
+                Ok(u) => u,
+                Err(e) => return Ok(e.into()),
+            };
+            let line = format!("* QUOTA \"\" (STORAGE {} {})\r\n", used.div_ceil(1024), q / 1024);
+            self.conn.write(line.as_bytes()).await?;
+        } else {
+            self.conn.write(b"* QUOTA \"\" ()\r\n").await?;
+        }
+        Ok(Done::Ok("GETQUOTA completed".into()))
+    }
+
+    /// Refuses `bytes` more if they would take the user over quota.
+    async fn check_quota(&self, bytes: u64) -> Option<Done> {
+        let user = self.user();
+        let quota = self.imap.accounts.directory().user(&user.login).and_then(|u| u.quota_bytes())?;
+        match self.imap.mail.usage.current(&user.keys.user).await {
+            Ok(used) if used.saturating_add(bytes) > quota => Some(Done::No(format!(
+                "[OVERQUOTA] Quota exceeded ({used} of {quota} bytes used)"
+            ))),
+            Ok(_) => None,
+            Err(e) => Some(e.into()),
+        }
+    }
+
     fn user(&self) -> &User {
         self.user.as_ref().unwrap_or_else(|| unreachable!("authenticated commands run only with a user"))
     }
@@ -474,6 +525,7 @@ impl Session {
             Ok(s) => {
                 let keys = s.keys().clone();
                 self.user = Some(User {
+                    login: s.login().to_string(),
                     keys: keys.clone(),
                     mailboxes: Mailboxes::new(self.imap.store.clone(), keys.clone()),
                 });
@@ -775,6 +827,10 @@ impl Session {
                 // The name is gone at once; the messages are reclaimed in
                 // the background (a crash leaves garbage, never a mailbox).
                 tokio::spawn(async move {
+                    match message::mailbox_size(&store, &keys, &info.id).await {
+                        Ok(size) => mail.usage.remove(&keys.user, size),
+                        Err(e) => log::warn!("sizing a deleted mailbox: {e}"),
+                    }
                     if let Err(e) = cleanup::delete_mailbox_data(&store, &keys, &info.id).await {
                         log::warn!("reclaiming a deleted mailbox: {e}");
                     }
@@ -937,6 +993,9 @@ impl Session {
         if flags.iter().any(|f| f.eq_ignore_ascii_case("\\Recent")) {
             return Ok(Done::Bad("\\Recent cannot be set".into()));
         }
+        if let Some(refused) = self.check_quota(raw.len() as u64).await {
+            return Ok(refused);
+        }
         let keys = self.user().keys.clone();
         let mb = match self.open(&info.id).await {
             Ok(mb) => mb,
@@ -950,6 +1009,7 @@ impl Session {
             Ok(x) => x,
             Err(e) => return Ok(e.into()),
         };
+        self.imap.mail.usage.add(&keys.user, raw.len() as u64);
         drop(raw);
         let op = (rand::random(), Op::Append { message: id, flags });
         let outcome = match self.imap.mail.submit(&keys, &info.id, vec![op]).await {
@@ -1200,11 +1260,19 @@ impl Session {
             })
             .await;
         if !doomed.is_empty() {
+            let ids: Vec<u64> = mb.with_view(|v| v.map(|i| doomed.iter().filter_map(|u| i.get(*u).map(|m| m.id)).collect()).unwrap_or_default()).await;
             let op = Op::Expunge { uids: doomed };
             if let Err(e) = self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
                 return Ok(e.into());
             }
             let _ = mb.refresh().await;
+            // What they occupied no longer counts against the quota.
+            let mut freed = 0u64;
+            let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys.clone(), mailbox.clone(), ids, true));
+            while let Some(m) = metas.next().await {
+                freed += m.ok().flatten().map_or(0, |m| m.size);
+            }
+            self.imap.mail.usage.remove(&keys.user, freed);
         }
         if respond {
             self.sync(true, None).await?;
@@ -1238,11 +1306,32 @@ impl Session {
             Ok(m) => m,
             Err(d) => return Ok(d),
         };
+        if !mv {
+            // A copy counts against the quota like the original (as in
+            // Dovecot); a move changes nothing. The sizes are known once
+            // the metadata is copied, so the check is before, on the sum.
+            let ids: Vec<u64> = msgs.iter().map(|m| m.1).collect();
+            let mut total = 0u64;
+            let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys.clone(), source.clone(), ids, true));
+            while let Some(m) = metas.next().await {
+                match m {
+                    Ok(m) => total += m.map_or(0, |m| m.size),
+                    Err(e) => return Ok(e.into()),
+                }
+            }
+            if let Some(refused) = self.check_quota(total).await {
+                return Ok(refused);
+            }
+        }
         let mut ops = vec![];
+        let mut copied = 0u64;
         for (_, id, flags) in &msgs {
             match message::copy_message(&self.imap.store, &keys, &source, &dest.id, *id).await {
-                Ok(true) => ops.push((rand::random(), Op::Append { message: *id, flags: flags.clone() })),
-                Ok(false) => {}
+                Ok(Some(size)) => {
+                    copied += size;
+                    ops.push((rand::random(), Op::Append { message: *id, flags: flags.clone() }))
+                }
+                Ok(None) => {}
                 Err(e) => return Ok(e.into()),
             }
         }
@@ -1250,6 +1339,9 @@ impl Session {
             Ok(o) => o,
             Err(e) => return Ok(e.into()),
         };
+        if !mv {
+            self.imap.mail.usage.add(&keys.user, copied);
+        }
         let uidvalidity = dest_mb.with_view(|v| v.map_or(0, |i| i.uidvalidity)).await;
         let src: Vec<Uid> = msgs.iter().map(|m| m.0).collect();
         let dst: Vec<Uid> = outcomes.iter().filter_map(|o| o.uid).collect();
@@ -1263,6 +1355,8 @@ impl Session {
             self.conn.write(format!("* OK {code} Moved\r\n").as_bytes()).await?;
             let op = Op::Expunge { uids: src };
             if let Err(e) = self.imap.mail.submit(&keys, &source, vec![(rand::random(), op)]).await {
+                // The copy stands (the client will see it twice, not lose it).
+                self.imap.mail.usage.add(&keys.user, copied);
                 return Ok(e.into());
             }
             let _ = mb.refresh().await;

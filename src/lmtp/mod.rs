@@ -3,7 +3,8 @@
 //! Per-recipient replies after DATA; 250 only once the message is in a
 //! write quorum (sealed to the recipient, in the incoming queue); 451 on
 //! any transient storage error, never 5xx for those; 550 5.1.1 for unknown
-//! recipients at RCPT; 552 for oversized mail. Lines, messages, recipients
+//! recipients at RCPT; 552 for oversized mail; over quota 452 4.2.2
+//! (552 5.2.2 for a message larger than the whole quota). Lines, messages, recipients
 //! per transaction, connections and idle time are all bounded. This module
 //! turns protocol into calls on the accounts and mail layers and must not
 //! know how mail is stored.
@@ -57,6 +58,7 @@ struct Recipient {
     login: String,
     user: UserId,
     public: crate::crypto::PublicKey,
+    quota: Option<u64>,
 }
 
 impl Lmtp {
@@ -250,6 +252,19 @@ impl Lmtp {
             return format!("550 5.1.1 <{to}>: no such user here\r\n");
         };
         let uid = self.accounts.directory().user_id(&user.login);
+        let quota = user.quota_bytes();
+        if let Some(q) = quota {
+            // Already full: RFC 3463 X.2.2 is a persistent transient
+            // failure (the user can make room), so 4xx and the MTA retries.
+            match self.mail.usage.current(&uid).await {
+                Ok(used) if used >= q => return format!("452 4.2.2 <{to}>: mailbox full\r\n"),
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("LMTP: reading the usage of <{to}>: {e}");
+                    return "451 4.3.0 temporary storage failure, try again later\r\n".into();
+                }
+            }
+        }
         match account_keys::public_key(&self.store, &uid).await {
             Ok(Some(public)) => {
                 rcpts.push(Recipient {
@@ -257,6 +272,7 @@ impl Lmtp {
                     login: user.login,
                     user: uid,
                     public,
+                    quota,
                 });
                 "250 2.1.5 recipient OK\r\n".into()
             }
@@ -320,8 +336,24 @@ impl Lmtp {
             )
             .into_bytes();
             msg.extend_from_slice(body);
+            if let Some(q) = r.quota {
+                let size = msg.len() as u64;
+                if size > q {
+                    // It can never fit: a permanent failure.
+                    return format!("552 5.2.2 <{}>: message larger than the mailbox quota\r\n", r.address);
+                }
+                match self.mail.usage.current(&r.user).await {
+                    Ok(used) if used + size > q => return format!("452 4.2.2 <{}>: mailbox full\r\n", r.address),
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::warn!("LMTP: reading the usage of <{}>: {e}", r.address);
+                        return "451 4.3.0 temporary storage failure, try again later\r\n".to_string();
+                    }
+                }
+            }
             match incoming::deliver(&self.store, &r.user, &r.public, &msg, now.timestamp()).await {
                 Ok(_) => {
+                    self.mail.usage.add(&r.user, msg.len() as u64);
                     match self.accounts.active_keys(&r.login) {
                         // The recipient has a session here: file it now.
                         Some(keys) => {

@@ -389,15 +389,29 @@ pub async fn message_meta(store: &Store, keys: &Arc<UserKeys>, mailbox: &str, id
 }
 
 /// COPY: the same body, a metadata item in `to` (the caller sequences the
-/// Append in `to`).
-pub async fn copy_message(store: &Store, keys: &Arc<UserKeys>, from: &str, to: &str, id: MessageId) -> Result<bool, StorageError> {
+/// Append in `to`). Returns the message's size, None if it is not in `from`.
+pub async fn copy_message(store: &Store, keys: &Arc<UserKeys>, from: &str, to: &str, id: MessageId) -> Result<Option<u64>, StorageError> {
     match get_stored(store, keys, from, id).await? {
         Some(s) => {
             put_meta(store, keys, to, id, &MasterKey::from_bytes(s.blob_key), &s.meta).await?;
-            Ok(true)
+            Ok(Some(s.meta.size))
         }
-        None => Ok(false),
+        None => Ok(None),
     }
+}
+
+/// The total size of the messages whose metadata is in `mailbox` (what
+/// deleting it frees, for quotas).
+pub async fn mailbox_size(store: &Store, keys: &Arc<UserKeys>, mailbox: &str) -> Result<u64, StorageError> {
+    let p = meta_partition(mailbox);
+    let mut total = 0u64;
+    for it in store.range(&keys.user, &p, &crate::storage::Range::default()).await? {
+        let Some(v) = it.values.first() else { continue };
+        let plain = keys.open_item(&p, &it.sort_key, v).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
+        let stored: StoredMeta = rmp_serde::from_slice(&plain).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
+        total = total.saturating_add(stored.meta.size);
+    }
+    Ok(total)
 }
 
 /// The body of a message, decrypted as it streams in (never whole in

@@ -16,6 +16,7 @@ pub mod cleanup;
 pub mod message;
 pub mod model;
 pub mod service;
+pub mod usage;
 
 pub use index::{MailboxIndex, Message};
 pub use log::{LogError, LogStorage, StoreLog};

@@ -86,6 +86,8 @@ impl Drop for Open {
 }
 
 pub struct MailService {
+    /// Storage usage per user (quotas).
+    pub usage: Arc<super::usage::Usage>,
     store: Store,
     rpc: PeerRpc,
     /// Node slot -> peer id, in the layout's order (slots are stable).
@@ -186,6 +188,7 @@ impl MailService {
                 }
             };
             MailService {
+                usage: super::usage::Usage::new(store.clone(), hex::encode(rpc.local_id())),
                 store,
                 rpc,
                 slots,

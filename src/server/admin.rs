@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::mail::MailService;
 use crate::accounts::{Accounts, AccountsError};
 use crate::storage::{ClusterStatus, Node, UserId};
 
@@ -33,6 +34,8 @@ pub enum Request {
     UserAdd { login: String, password: String, addresses: Vec<String>, home_region: Option<String> },
     UserPasswd { login: String, current: String, new: String, rotate: bool },
     UserDelete { login: String },
+    /// Sets (or, with None, removes) a user's storage quota.
+    UserQuota { login: String, quota: Option<String> },
     UserList,
 }
 
@@ -55,6 +58,11 @@ pub struct UserInfo {
     pub login: String,
     pub addresses: Vec<String>,
     pub home_region: Option<String>,
+    #[serde(default)]
+    pub quota: Option<String>,
+    /// Bytes stored (what the quota counts).
+    #[serde(default)]
+    pub used: Option<u64>,
 }
 
 /// Errors of the CLI side.
@@ -73,6 +81,7 @@ pub async fn serve(
     path: PathBuf,
     node: Arc<Node>,
     accounts: Option<Arc<Accounts>>,
+    mail: Arc<MailService>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // A socket left by a node that died is in the way; a live one answers.
     if path.exists() {
@@ -94,8 +103,9 @@ pub async fn serve(
             let Ok((stream, _)) = listener.accept().await else { continue };
             let node = node.clone();
             let accounts = accounts.clone();
+            let mail = mail.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &node, accounts.as_deref()).await {
+                if let Err(e) = handle(stream, &node, accounts.as_deref(), &mail).await {
                     log::debug!("admin connection: {e}");
                 }
             });
@@ -103,7 +113,7 @@ pub async fn serve(
     }))
 }
 
-async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>, mail: &MailService) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
@@ -118,9 +128,10 @@ async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>) ->
                 req @ (Request::UserAdd { .. }
                 | Request::UserPasswd { .. }
                 | Request::UserDelete { .. }
+                | Request::UserQuota { .. }
                 | Request::UserList),
             ) => match accounts {
-                Some(a) => user_admin(a, req).await.unwrap_or_else(|e| Response::Error { message: e.to_string() }),
+                Some(a) => user_admin(a, mail, req).await.unwrap_or_else(|e| Response::Error { message: e.to_string() }),
                 None => Response::Error {
                     message: "this node has no users file ([users] file in its configuration)".into(),
                 },
@@ -134,7 +145,7 @@ async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>) ->
     Ok(())
 }
 
-async fn user_admin(accounts: &Accounts, req: Request) -> Result<Response, AccountsError> {
+async fn user_admin(accounts: &Accounts, mail: &MailService, req: Request) -> Result<Response, AccountsError> {
     match req {
         Request::UserAdd { login, password, addresses, home_region } => {
             accounts.add_user(&login, &password, &addresses, home_region).await?;
@@ -148,14 +159,19 @@ async fn user_admin(accounts: &Accounts, req: Request) -> Result<Response, Accou
             accounts.delete_user(&login).await?;
             Ok(Response::Done)
         }
-        Request::UserList => Ok(Response::Users {
-            users: accounts
-                .directory()
-                .users()
-                .into_iter()
-                .map(|u| UserInfo { login: u.login, addresses: u.addresses, home_region: u.home_region })
-                .collect(),
-        }),
+        Request::UserQuota { login, quota } => {
+            accounts.set_quota(&login, quota).await?;
+            Ok(Response::Done)
+        }
+        Request::UserList => {
+            let mut users = vec![];
+            for u in accounts.directory().users() {
+                let id = accounts.directory().user_id(&u.login);
+                let used = mail.usage.current(&id).await.ok();
+                users.push(UserInfo { login: u.login, addresses: u.addresses, home_region: u.home_region, quota: u.quota, used });
+            }
+            Ok(Response::Users { users })
+        }
         _ => Err(AccountsError::Invalid("not a user request".into())),
     }
 }

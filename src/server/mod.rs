@@ -102,7 +102,7 @@ impl Server {
             tasks.extend(start_imap(config, accounts, &mail, &node).await?);
         }
         let admin_socket = config.admin_socket();
-        tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone()).await.map_err(|source| {
+        tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone(), mail.clone()).await.map_err(|source| {
             ServerError::Admin {
                 path: admin_socket.display().to_string(),
                 source,
