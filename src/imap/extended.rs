@@ -17,6 +17,9 @@ pub struct Extras {
     /// the items in `list_status`).
     pub list_return: Vec<String>,
     pub list_status: Vec<String>,
+    /// LIST with several patterns `("a" "b")`: the patterns (unquoted);
+    /// the line then carries `"*"` in their place.
+    pub list_patterns: Vec<String>,
     /// CREATE (USE (...)) attributes, as given.
     pub create_use: Vec<String>,
     /// Whether `$` was used (and replaced).
@@ -135,7 +138,16 @@ pub fn preparse(msg: &[u8], saved: &str) -> (Vec<u8>, Extras) {
                     i += 1;
                 }
             }
-            // reference, pattern, then RETURN (...)
+            // reference, pattern (or a list of patterns), then RETURN (...)
+            if let Some(g) = toks.get(i + 1) {
+                if line[g.start] == b'(' {
+                    extras.list_patterns = words_in_parens(&line[g.start..g.end])
+                        .iter()
+                        .map(|w| w.strip_prefix('"').and_then(|w| w.strip_suffix('"')).unwrap_or(w).replace("\\\"", "\"").replace("\\\\", "\\"))
+                        .collect();
+                    cut.push((g.start, g.end, b"\"*\"".to_vec()));
+                }
+            }
             if word(i + 2).as_deref() == Some("RETURN") {
                 if let Some(g) = toks.get(i + 3) {
                     let opts = words_in_parens(&line[g.start..g.end]);
@@ -228,6 +240,9 @@ mod tests {
         assert_eq!(e.list_select, vec!["SUBSCRIBED", "RECURSIVEMATCH"]);
         assert_eq!(e.list_return, vec!["CHILDREN", "STATUS"]);
         assert_eq!(e.list_status, vec!["MESSAGES", "UNSEEN"]);
+        let (b, e) = pp("a LIST \"\" (\"INBOX\" \"Sent*\") RETURN (CHILDREN)\r\n");
+        assert_eq!(b, "a LIST \"\" \"*\"\r\n");
+        assert_eq!(e.list_patterns, vec!["INBOX", "Sent*"]);
         let (b, e) = pp("a LIST \"\" % RETURN (SPECIAL-USE)\r\n");
         assert_eq!(b, "a LIST \"\" %\r\n");
         assert_eq!(e.list_return, vec!["SPECIAL-USE"]);

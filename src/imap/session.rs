@@ -857,7 +857,24 @@ impl Session {
             self.conn.write(b"* LIST (\\Noselect) \"/\" \"\"\r\n").await?;
             return Ok(Done::Ok("LIST completed".into()));
         }
-        let full: Vec<char> = format!("{reference}{pattern}").chars().collect();
+        // LIST-EXTENDED may give several patterns; a name matching any is listed.
+        let patterns: Vec<String> = if extras.list_patterns.is_empty() {
+            vec![pattern]
+        } else {
+            extras.list_patterns.iter().map(|p| decode(p.clone())).collect()
+        };
+        let fulls: Vec<Vec<char>> = patterns.iter().map(|p| format!("{reference}{p}").chars().collect()).collect();
+        let matches_any = |name: &str| {
+            let chars: Vec<char> = name.chars().collect();
+            fulls.iter().any(|full| {
+                pattern_match(full, &chars)
+                    || (name == "INBOX" && pattern_match(&full.iter().map(|c| c.to_ascii_uppercase()).collect::<Vec<_>>(), &chars))
+            })
+        };
+        let select = |o: &str| extras.list_select.iter().any(|s| s == o);
+        if select("RECURSIVEMATCH") && !select("SUBSCRIBED") && !select("SPECIAL-USE") {
+            return Ok(Done::Bad("RECURSIVEMATCH needs another selection option".into()));
+        }
         let list = match self.user().mailboxes.list().await {
             Ok(l) => l,
             Err(e) => return Ok(e.into()),
@@ -866,23 +883,25 @@ impl Session {
             Ok(s) => s,
             Err(e) => return Ok(e.into()),
         };
-        let subscribed_only = lsub || extras.list_select.iter().any(|s| s == "SUBSCRIBED");
+        let subscribed_only = lsub || select("SUBSCRIBED");
+        let special_only = select("SPECIAL-USE");
         let show_subscribed = subscribed_only || extras.list_return.iter().any(|s| s == "SUBSCRIBED");
         let mut out = vec![];
         let mut status_for = vec![];
         let names: Vec<&MailboxInfo> = list.iter().collect();
+        let is_sub = |name: &str| subs.iter().any(|s| s == name);
+        let selected = |m: &MailboxInfo| (!subscribed_only || is_sub(&m.name)) && (!special_only || m.special_use.is_some());
         for m in &names {
-            let chars: Vec<char> = m.name.chars().collect();
-            let matches = pattern_match(&full, &chars)
-                || (m.name == "INBOX" && pattern_match(&full.iter().map(|c| c.to_ascii_uppercase()).collect::<Vec<_>>(), &chars));
-            if !matches {
-                continue;
-            }
-            let is_sub = subs.iter().any(|s| s == &m.name);
-            if subscribed_only && !is_sub {
+            if !matches_any(&m.name) {
                 continue;
             }
             let prefix = format!("{}{SEPARATOR}", m.name);
+            // RECURSIVEMATCH: a parent with a selected descendant is listed
+            // with CHILDINFO even when it is not selected itself.
+            let child_selected = select("RECURSIVEMATCH") && names.iter().any(|o| o.name.starts_with(&prefix) && selected(o));
+            if !selected(m) && !child_selected {
+                continue;
+            }
             let children = names.iter().any(|o| o.name.starts_with(&prefix));
             let mut attrs: Vec<String> = vec![];
             if !lsub {
@@ -891,14 +910,53 @@ impl Session {
                     attrs.push(s.clone());
                 }
             }
-            if show_subscribed && is_sub && !lsub {
+            if show_subscribed && is_sub(&m.name) && !lsub {
                 attrs.push("\\Subscribed".into());
             }
             out.extend_from_slice(format!("* {word} ({}) \"/\" ", attrs.join(" ")).as_bytes());
             out.extend_from_slice(&self.name_out(&m.name));
+            if child_selected {
+                let why: Vec<&str> = [("SUBSCRIBED", subscribed_only), ("SPECIAL-USE", special_only)]
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(w, _)| *w)
+                    .collect();
+                out.extend_from_slice(format!(" (\"CHILDINFO\" (\"{}\"))", why.join("\" \"")).as_bytes());
+            }
             out.extend_from_slice(b"\r\n");
-            if !lsub && extras.list_return.iter().any(|s| s == "STATUS") {
+            if !lsub && extras.list_return.iter().any(|s| s == "STATUS") && selected(m) {
                 status_for.push((*m).clone());
+            }
+        }
+        // Superior names that are not mailboxes (a hierarchy made by hand
+        // or by another client) still show, so `%` can walk down to them.
+        if !lsub {
+            let mut implied: Vec<String> = vec![];
+            for m in &names {
+                let parts: Vec<&str> = m.name.split(SEPARATOR).collect();
+                for i in 1..parts.len() {
+                    let parent = parts[..i].join("/");
+                    if !names.iter().any(|o| o.name == parent) && !implied.contains(&parent) {
+                        implied.push(parent);
+                    }
+                }
+            }
+            implied.sort();
+            for p in implied {
+                if !matches_any(&p) {
+                    continue;
+                }
+                let prefix = format!("{p}{SEPARATOR}");
+                let child_selected = names.iter().any(|o| o.name.starts_with(&prefix) && selected(o));
+                if (subscribed_only || special_only) && !(select("RECURSIVEMATCH") && child_selected) {
+                    continue;
+                }
+                out.extend_from_slice(b"* LIST (\\Noselect \\HasChildren) \"/\" ");
+                out.extend_from_slice(&self.name_out(&p));
+                if select("RECURSIVEMATCH") && child_selected {
+                    out.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+                }
+                out.extend_from_slice(b"\r\n");
             }
         }
         // Subscriptions to mailboxes that no longer exist still show.
@@ -907,8 +965,7 @@ impl Session {
                 if names.iter().any(|m| &m.name == s) {
                     continue;
                 }
-                let chars: Vec<char> = s.chars().collect();
-                if pattern_match(&full, &chars) {
+                if matches_any(s) {
                     let attrs = if lsub { "\\Noselect" } else { "\\Subscribed \\NonExistent" };
                     out.extend_from_slice(format!("* {word} ({attrs}) \"/\" ").as_bytes());
                     out.extend_from_slice(&self.name_out(s));

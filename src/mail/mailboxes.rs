@@ -208,6 +208,23 @@ impl Mailboxes {
                 token,
             });
         }
+        // Missing superior names are created, as for CREATE (RFC 3501
+        // §6.3.5 asks for it), so the new name hangs in the hierarchy.
+        let parts: Vec<&str> = to.split(SEPARATOR).collect();
+        for i in 1..parts.len() {
+            let parent = parts[..i].join("/");
+            if !is_inbox(&parent) && !list.iter().any(|m| m.name == parent) {
+                let id = hex::encode(rand::random::<[u8; 16]>());
+                let bytes = rmp_serde::to_vec_named(&Record { name: parent, special_use: None })
+                    .map_err(|e| MailboxesError::Invalid(e.to_string()))?;
+                writes.push(ItemWrite {
+                    partition: PARTITION.into(),
+                    sort_key: id.clone(),
+                    value: Some(self.keys.seal_item(PARTITION, &id, &bytes)),
+                    token: None,
+                });
+            }
+        }
         self.store.insert_batch(&self.keys.user, writes).await?;
         Ok(())
     }

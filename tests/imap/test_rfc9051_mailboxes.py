@@ -44,6 +44,11 @@ assert u == ['* LIST (\\HasNoChildren \\Sent) "/" "Sent Items"'], u
 
 # RENAME moves children along; INBOX cannot be renamed here.
 r.ok('RENAME "Projects" "Archive/Projects"')
+u, t = r.ok('LIST "" "Archive*"')
+assert u == ['* LIST (\\HasChildren) "/" Archive',
+             '* LIST (\\HasChildren) "/" Archive/Projects',
+             '* LIST (\\HasChildren) "/" Archive/Projects/Estafette',
+             '* LIST (\\HasNoChildren) "/" "Archive/Projects/Estafette/Design notes"'], u
 u, t = r.ok('LIST "" "Archive/*"')
 assert u == ['* LIST (\\HasChildren) "/" Archive/Projects',
              '* LIST (\\HasChildren) "/" Archive/Projects/Estafette',
@@ -74,6 +79,21 @@ assert u == ['* STATUS "Sent Items" (MESSAGES 2 UIDNEXT 3 UNSEEN 1 DELETED 0 SIZ
 u, t = r.ok('LIST "" "Sent*" RETURN (STATUS (MESSAGES UNSEEN))')
 assert u == ['* LIST (\\HasNoChildren \\Sent) "/" "Sent Items"',
              '* STATUS "Sent Items" (MESSAGES 2 UNSEEN 1)'], u
+# LIST-EXTENDED: several patterns; SPECIAL-USE selection; RECURSIVEMATCH.
+u, t = r.ok('LIST "" ("INBOX" "Sent*")')
+assert u == ['* LIST (\\HasNoChildren) "/" INBOX', '* LIST (\\HasNoChildren \\Sent) "/" "Sent Items"'], u
+u, t = r.ok('LIST (SPECIAL-USE) "" "*"')
+assert u == ['* LIST (\\HasNoChildren \\Sent) "/" "Sent Items"'], u
+r.ok('SUBSCRIBE "Archive/Projects/Estafette"')
+u, t = r.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"')
+assert u == ['* LIST (\\HasChildren) "/" Archive ("CHILDINFO" ("SUBSCRIBED"))',
+             '* LIST (\\HasNoChildren \\Sent \\Subscribed) "/" "Sent Items"'], u
+u, t = r.cmd('LIST (RECURSIVEMATCH) "" "%"')
+assert t == "BAD RECURSIVEMATCH needs another selection option", t
+# A superior name that is no mailbox still shows, as \Noselect.
+r.ok('DELETE "Archive/Projects/Estafette"')
+u, t = r.ok('LIST "" "Archive/Projects/%"')
+assert u == ['* LIST (\\Noselect \\HasChildren) "/" Archive/Projects/Estafette'], u
 u, t = r.cmd('STATUS "Nope" (MESSAGES)')
 assert t == "NO [NONEXISTENT] no mailbox Nope", t
 
