@@ -360,16 +360,7 @@ async fn deliver_once(f: &Fixture, rcpt: &str, body_len: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_quota_is_a_transient_452_and_too_big_for_the_quota_552() {
     let f = fixture(1, 10 << 20).await;
-    f.accounts
-        .users_file()
-        .edit(|users| {
-            for u in users.iter_mut().filter(|u| u.login == "bob") {
-                u.quota = Some("20 KB".into());
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+    f.accounts.set_quota("bob", Some("20 KB".into())).await.unwrap();
     // 8 KB fits, twice; the third would pass 20 KB: 452 4.2.2 at DATA.
     for _ in 0..2 {
         let c = deliver_once(&f, "bob@example.test", 8000).await;
@@ -385,16 +376,7 @@ async fn over_quota_is_a_transient_452_and_too_big_for_the_quota_552() {
     assert_eq!(c[5], "250 2.0.0", "{c:?}");
     // Once the usage says full, RCPT itself answers 452 (the MTA keeps
     // the mail and retries; nothing is bounced).
-    f.accounts
-        .users_file()
-        .edit(|users| {
-            for u in users.iter_mut().filter(|u| u.login == "bob") {
-                u.quota = Some("16 KB".into());
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+    f.accounts.set_quota("bob", Some("16 KB".into())).await.unwrap();
     let c = deliver_once(&f, "bob@example.test", 10).await;
     assert_eq!(c[3], "452 4.2.2", "{c:?}");
     // The counters reach storage (another node reads the same usage).

@@ -31,46 +31,11 @@ fn tokenize(s: &str) -> Vec<Tok> {
             }
             '"' => {
                 it.next();
-                let mut q = String::new();
-                while let Some(c) = it.next() {
-                    match c {
-                        '\\' => {
-                            if let Some(n) = it.next() {
-                                q.push(n)
-                            }
-                        }
-                        '"' => break,
-                        c => q.push(c),
-                    }
-                }
-                out.push(Tok::Quoted(q));
+                out.push(Tok::Quoted(delimited(&mut it, '"')));
             }
             '(' => {
                 it.next();
-                let mut depth = 1;
-                let mut q = String::new();
-                while let Some(c) = it.next() {
-                    match c {
-                        '\\' => {
-                            if let Some(n) = it.next() {
-                                q.push(n)
-                            }
-                        }
-                        '(' => {
-                            depth += 1;
-                            q.push(c)
-                        }
-                        ')' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                break;
-                            }
-                            q.push(c)
-                        }
-                        c => q.push(c),
-                    }
-                }
-                out.push(Tok::Comment(q));
+                out.push(Tok::Comment(delimited(&mut it, ')')));
             }
             '<' | '>' | '@' | ',' | ';' | ':' | '.' | '[' | ']' => {
                 it.next();
@@ -90,6 +55,35 @@ fn tokenize(s: &str) -> Vec<Tok> {
         }
     }
     out
+}
+
+/// The text up to `close` (consumed), with backslash escapes resolved;
+/// for comments, nested parentheses are kept and balanced.
+fn delimited(it: &mut std::iter::Peekable<std::str::Chars<'_>>, close: char) -> String {
+    let mut depth = 1;
+    let mut q = String::new();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = it.next() {
+                    q.push(n)
+                }
+            }
+            '(' if close == ')' => {
+                depth += 1;
+                q.push(c)
+            }
+            c if c == close => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+                q.push(c)
+            }
+            c => q.push(c),
+        }
+    }
+    q
 }
 
 /// Parses an address-list header value (unfolded).

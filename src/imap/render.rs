@@ -186,7 +186,16 @@ fn body_structure_depth(out: &mut Vec<u8>, meta: &MessageMeta, idx: usize, exten
         return;
     }
     out.push(b'(');
-    if p.ctype == "multipart" && !p.children.is_empty() {
+    if p.ctype == "multipart" {
+        if p.children.is_empty() {
+            // A multipart whose parts cannot be found (no boundary): one
+            // empty text part, as Dovecot shows it.
+            out.extend_from_slice(b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0");
+            if extended {
+                out.extend_from_slice(b" NIL NIL NIL NIL");
+            }
+            out.push(b')');
+        }
         for c in &p.children {
             body_structure_depth(out, meta, *c, extended, depth + 1);
         }
@@ -199,23 +208,6 @@ fn body_structure_depth(out: &mut Vec<u8>, meta: &MessageMeta, idx: usize, exten
             disposition(out, p);
             out.push(b' ');
             language_location(out, p);
-        }
-        out.push(b')');
-        return;
-    }
-    if p.ctype == "multipart" {
-        // A multipart whose parts cannot be found (no boundary): one
-        // empty text part, as Dovecot shows it.
-        out.extend_from_slice(b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0");
-        if extended {
-            out.extend_from_slice(b" NIL NIL NIL NIL");
-        }
-        out.extend_from_slice(b") ");
-        string(out, p.subtype.as_bytes());
-        if extended {
-            out.push(b' ');
-            params(out, &p.params);
-            out.extend_from_slice(b" NIL NIL NIL");
         }
         out.push(b')');
         return;
