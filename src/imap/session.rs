@@ -1503,7 +1503,13 @@ impl Session {
         let uses_modseq = format!("{key:?}").contains("ModSequence");
         let numbers: Vec<u32> = hits.iter().map(|(s, u, _)| if uid { *u } else { *s }).collect();
         let max_modseq = hits.iter().map(|h| h.2).max();
-        match &extras.search_return {
+        // IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4), ALL
+        // when no RETURN options were given.
+        let search_return = match &extras.search_return {
+            None if self.enabled.rev2 => Some(vec![]),
+            other => other.clone(),
+        };
+        match &search_return {
             Some(opts) => {
                 let opts: Vec<&str> = if opts.is_empty() { vec!["ALL"] } else { opts.iter().map(String::as_str).collect() };
                 if opts.contains(&"SAVE") {

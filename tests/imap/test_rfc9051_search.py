@@ -74,5 +74,9 @@ assert search("SEARCH $ FLAGGED") == ["* SEARCH 2"]
 # WITHIN: OLDER/YOUNGER in seconds against the internal date.
 assert search("SEARCH YOUNGER 3600") == ["* SEARCH 3 4"]
 assert search("SEARCH OLDER 3600") == ["* SEARCH 1 2"]
+# IMAP4rev2 clients always get ESEARCH.
+r.ok("ENABLE IMAP4rev2")
+assert search("SEARCH FLAGGED") == ['* ESEARCH (TAG "%s") ALL 2' % ("t%d" % r.n)]
+assert search("UID SEARCH NOT ALL") == ['* ESEARCH (TAG "%s") UID' % ("t%d" % r.n)]
 r.ok("LOGOUT")
 print("ok")
