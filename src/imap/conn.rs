@@ -103,12 +103,15 @@ impl Conn {
     pub fn new(stream: Stream, limits: FrameLimits) -> Self {
         let tls = matches!(stream, Stream::Tls(_));
         Conn {
-            io: BufWriter::with_capacity(16 * 1024, stream),
+            // Small buffers: most connections sit idle (memory per idle
+            // connection is what 1000s of clients cost); bulk writes (FETCH
+            // bodies) bypass the buffer anyway.
+            io: BufWriter::with_capacity(8 * 1024, stream),
             frag: Fragmentizer::new(limits.append.saturating_add(limits.line as u32)),
             limits,
             line_so_far: 0,
             in_literal: false,
-            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            buf: vec![0; 4 * 1024].into_boxed_slice(),
             tls,
         }
     }
