@@ -63,7 +63,7 @@ pub fn command(data: &[u8]) {
             let text = search::decode_message(MAIL);
             let flags = vec!["\\Seen".to_string()];
             let c = search::Candidate { seq: 1, uid: 7, flags: &flags, modseq: 3, meta: Some(&meta), header: Some(&text), text: Some(&text) };
-            let scope = search::Scope { max_seq: 5, max_uid: 9, now: 1_800_000_000 };
+            let scope = search::Scope::new(5, 9, 1_800_000_000);
             let _ = search::matches(&key, &c, &scope);
         }
         CommandBody::List { .. } | CommandBody::Create { .. } => {

@@ -147,21 +147,62 @@ pub struct Scope {
     pub max_seq: u32,
     pub max_uid: Uid,
     pub now: i64,
+    /// Sets of the key, resolved once per search (by address in the key).
+    pub sets: std::cell::RefCell<std::collections::HashMap<usize, Intervals>>,
 }
 
-pub fn in_set(set: &SequenceSet, value: u32, max: u32) -> bool {
-    let v = |s: &SeqOrUid| match s {
-        SeqOrUid::Value(n) => n.get(),
-        SeqOrUid::Asterisk => max,
-    };
-    set.0.as_ref().iter().any(|s| match s {
-        Sequence::Single(x) => v(x) == value,
-        Sequence::Range(a, b) => {
-            let (a, b) = (v(a), v(b));
-            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            (lo..=hi).contains(&value)
+impl Scope {
+    pub fn new(max_seq: u32, max_uid: Uid, now: i64) -> Scope {
+        Scope { max_seq, max_uid, now, sets: Default::default() }
+    }
+
+    fn contains(&self, set: &SequenceSet, value: u32, max: u32) -> bool {
+        let mut sets = self.sets.borrow_mut();
+        sets.entry(set as *const SequenceSet as usize).or_insert_with(|| Intervals::new(set, max)).contains(value)
+    }
+}
+
+/// A sequence set resolved against the mailbox (`*` = `max`): sorted,
+/// merged intervals, so membership is a binary search however many
+/// ranges a client sends.
+pub struct Intervals(Vec<(u32, u32)>);
+
+impl Intervals {
+    pub fn new(set: &SequenceSet, max: u32) -> Intervals {
+        let v = |s: &SeqOrUid| match s {
+            SeqOrUid::Value(n) => n.get(),
+            SeqOrUid::Asterisk => max,
+        };
+        let mut iv: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|s| match s {
+                Sequence::Single(x) => (v(x), v(x)),
+                Sequence::Range(a, b) => {
+                    let (a, b) = (v(a), v(b));
+                    (a.min(b), a.max(b))
+                }
+            })
+            .collect();
+        iv.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(iv.len());
+        for (lo, hi) in iv {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
         }
-    })
+        Intervals(merged)
+    }
+
+    pub fn contains(&self, value: u32) -> bool {
+        match self.0.binary_search_by(|(lo, _)| lo.cmp(&value)) {
+            Ok(_) => true,
+            Err(0) => false,
+            Err(i) => self.0[i - 1].1 >= value,
+        }
+    }
 }
 
 fn astr(a: &AString<'_>) -> String {
@@ -202,8 +243,8 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, s: &Scope) -> bool {
         And(keys) => keys.as_ref().iter().all(|k| matches(k, c, s)),
         Not(k) => !matches(k, c, s),
         Or(a, b) => matches(a, c, s) || matches(b, c, s),
-        SequenceSet(set) => in_set(set, c.seq, s.max_seq),
-        Uid(set) => in_set(set, c.uid, s.max_uid),
+        SequenceSet(set) => s.contains(set, c.seq, s.max_seq),
+        Uid(set) => s.contains(set, c.uid, s.max_uid),
         All => true,
         Answered => has_flag(c, "\\Answered"),
         Deleted => has_flag(c, "\\Deleted"),
@@ -249,5 +290,24 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, s: &Scope) -> bool {
             c.text.is_some_and(|t| t.body.contains(&v) || t.headers.iter().any(|(_, x)| x.contains(&v)))
         }
         ModSequence { modseq, .. } => c.modseq >= *modseq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::imap_types::sequence::SequenceSet;
+
+    #[test]
+    fn intervals_merge_and_answer_by_binary_search() {
+        let set: SequenceSet = "7,1:3,5,4,10:*,2".try_into().unwrap();
+        let iv = Intervals::new(&set, 12);
+        assert_eq!(iv.0, vec![(1, 5), (7, 7), (10, 12)]);
+        for (v, want) in [(0, false), (1, true), (5, true), (6, false), (7, true), (9, false), (12, true), (13, false)] {
+            assert_eq!(iv.contains(v), want, "{v}");
+        }
+        // `*` below the other end: a range is unordered.
+        let set: SequenceSet = "5:*".try_into().unwrap();
+        assert_eq!(Intervals::new(&set, 3).0, vec![(3, 5)]);
     }
 }

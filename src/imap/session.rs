@@ -161,23 +161,32 @@ fn uid_set(uids: &[Uid]) -> String {
 }
 
 /// Matches a LIST pattern (`*` anything, `%` anything but the separator).
+/// Dynamic programming over (pattern, name) prefixes: linear in their
+/// product, where naive backtracking is exponential in the number of
+/// wildcards (a client could stall a worker with `*a*a*a...`).
 fn pattern_match(pat: &[char], name: &[char]) -> bool {
-    match pat.split_first() {
-        None => name.is_empty(),
-        Some(('*', rest)) => (0..=name.len()).any(|i| pattern_match(rest, &name[i..])),
-        Some(('%', rest)) => {
-            for i in 0..=name.len() {
-                if pattern_match(rest, &name[i..]) {
-                    return true;
-                }
-                if i < name.len() && name[i] == SEPARATOR {
-                    return false;
+    // row[j]: pat[..i] matches name[..j]
+    let mut row = vec![false; name.len() + 1];
+    row[0] = true;
+    for &p in pat {
+        let mut next = vec![false; name.len() + 1];
+        match p {
+            '*' | '%' => {
+                next[0] = row[0];
+                for j in 1..=name.len() {
+                    let can_extend = p == '*' || name[j - 1] != SEPARATOR;
+                    next[j] = row[j] || (next[j - 1] && can_extend);
                 }
             }
-            false
+            c => {
+                for j in 1..=name.len() {
+                    next[j] = row[j - 1] && name[j - 1] == c;
+                }
+            }
         }
-        Some((c, rest)) => name.first() == Some(c) && pattern_match(rest, &name[1..]),
+        row = next;
     }
+    row[name.len()]
 }
 
 impl Session {
@@ -651,9 +660,10 @@ impl Session {
                 if let Some((uv, since, known)) = &qresync {
                     if *uv == idx.uidvalidity {
                         let max = idx.uidnext.saturating_sub(1);
+                        let known = known.as_ref().map(|k| search::Intervals::new(k, max));
                         let vanished: Vec<Uid> = idx
                             .vanished_since(*since)
-                            .filter(|u| known.as_ref().is_none_or(|k| search::in_set(k, *u, max)))
+                            .filter(|u| known.as_ref().is_none_or(|k| k.contains(*u)))
                             .collect();
                         if !vanished.is_empty() {
                             out.extend_from_slice(format!("* VANISHED (EARLIER) {}\r\n", uid_set(&vanished)).as_bytes());
@@ -1089,10 +1099,11 @@ impl Session {
         let Some(sel) = &self.selected else { return vec![] };
         let max_uid = sel.uids.last().copied().unwrap_or(0);
         let max_seq = sel.uids.len() as u32;
+        let ivs = search::Intervals::new(set, if uid { max_uid } else { max_seq });
         sel.uids
             .iter()
             .enumerate()
-            .filter(|(i, u)| if uid { search::in_set(set, **u, max_uid) } else { search::in_set(set, *i as u32 + 1, max_seq) })
+            .filter(|(i, u)| if uid { ivs.contains(**u) } else { ivs.contains(*i as u32 + 1) })
             .map(|(i, u)| (i as u32 + 1, *u))
             .collect()
     }
@@ -1133,7 +1144,10 @@ impl Session {
             let since = changed_since.unwrap_or(0);
             let max = sel.uids.last().copied().unwrap_or(0);
             let gone: Vec<Uid> = mb
-                .with_view(|v| v.map(|i| i.vanished_since(since).filter(|u| search::in_set(&set, *u, max)).collect()).unwrap_or_default())
+                .with_view(|v| {
+                    let ivs = search::Intervals::new(&set, max);
+                    v.map(|i| i.vanished_since(since).filter(|u| ivs.contains(*u)).collect()).unwrap_or_default()
+                })
                 .await;
             if !gone.is_empty() {
                 self.conn.write(format!("* VANISHED (EARLIER) {}\r\n", uid_set(&gone)).as_bytes()).await?;
@@ -1454,11 +1468,7 @@ impl Session {
                     .collect()
             })
             .await;
-        let scope = Scope {
-            max_seq: known.len() as u32,
-            max_uid: known.last().copied().unwrap_or(0),
-            now: chrono::Utc::now().timestamp(),
-        };
+        let scope = Scope::new(known.len() as u32, known.last().copied().unwrap_or(0), chrono::Utc::now().timestamp());
         let mut hits: Vec<(u32, Uid, ModSeq)> = vec![];
         // Reads (metadata, and bodies for BODY/TEXT) run ahead of the
         // matching, several at a time; decoding happens on the way.
@@ -1576,6 +1586,13 @@ mod tests {
         assert!(!m("a/%", "a/b/c"));
         assert!(m("a*c", "a/b/c"));
         assert!(m("INBOX", "INBOX"));
+        assert!(!m("a%", "a/b"));
+        assert!(m("%/%", "a/b"));
+        assert!(!m("", "a"));
+        assert!(m("", ""));
+        // Many wildcards against a long name: answered at once.
+        let hostile = "*a".repeat(200) + "b";
+        assert!(!m(&hostile, &"a".repeat(500)));
     }
 
     #[test]
