@@ -591,9 +591,15 @@ impl Session {
     /// The engine of a mailbox, brought up to date; a mailbox never
     /// written gets its first epoch now, so its UIDVALIDITY is fixed
     /// before any client sees it.
-    async fn open(&self, id: &str) -> Result<Arc<EngineMailbox>, Done> {
+    /// `fresh`: read the log even if this node has a view (SELECT, STATUS
+    /// need what others did; an APPEND target does not, it goes through
+    /// the sequencer anyway).
+    async fn open(&self, id: &str, fresh: bool) -> Result<Arc<EngineMailbox>, Done> {
         let keys = self.user().keys.clone();
         let mb = self.imap.mail.mailbox(&keys, id);
+        if !fresh && mb.with_view(|v| v.is_some()).await {
+            return Ok(mb);
+        }
         mb.refresh().await.map_err(Done::from)?;
         if mb.with_view(|v| v.is_none()).await {
             self.imap.mail.submit(&keys, id, vec![]).await.map_err(Done::from)?;
@@ -610,7 +616,7 @@ impl Session {
         let Some(info) = self.find(&name).await? else {
             return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
         };
-        let mb = match self.open(&info.id).await {
+        let mb = match self.open(&info.id, true).await {
             Ok(mb) => mb,
             Err(d) => return Ok(d),
         };
@@ -1008,7 +1014,7 @@ impl Session {
     }
 
     async fn status_line(&mut self, info: &MailboxInfo, items: &[StatusDataItemName]) -> Result<Vec<u8>, Done> {
-        let mb = self.open(&info.id).await?;
+        let mb = self.open(&info.id, true).await?;
         let want_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
         let (parts, ids) = mb
             .with_view(|v| {
@@ -1064,7 +1070,7 @@ impl Session {
             return Ok(refused);
         }
         let keys = self.user().keys.clone();
-        let mb = match self.open(&info.id).await {
+        let mb = match self.open(&info.id, false).await {
             Ok(mb) => mb,
             Err(d) => return Ok(d),
         };
@@ -1373,7 +1379,7 @@ impl Session {
         if msgs.is_empty() {
             return Ok(Done::Ok(format!("{word} completed (nothing to do)")));
         }
-        let dest_mb = match self.open(&dest.id).await {
+        let dest_mb = match self.open(&dest.id, false).await {
             Ok(m) => m,
             Err(d) => return Ok(d),
         };
