@@ -46,14 +46,21 @@ fn dev_regions(n: u8) -> Dev {
         .stderr(log)
         .spawn()
         .unwrap();
+    // Killed on drop, even if it never gets ready.
     let dev = Dev { child, dir, imap, imaps, lmtp };
     // Ready once the demo user is listed and the IMAP port answers.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_estafette")).args(["user", "list", "--data-dir", &d]).output().unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains("alice@example.test")
-            && (1..=n).all(|i| std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), imap)).is_ok())
-        {
+        // Every node knows the demo user (each reloads the shared users
+        // file on its own) and answers IMAP.
+        let knows = |i: u8| {
+            let config = dev.dir.path().join(format!("node-{i}")).join("estafette.toml");
+            Command::new(env!("CARGO_BIN_EXE_estafette"))
+                .args(["user", "list", "--config", config.to_str().unwrap()])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("alice@example.test"))
+        };
+        if (1..=n).all(knows) && (1..=n).all(|i| std::net::TcpStream::connect((format!("127.0.0.{i}").as_str(), imap)).is_ok()) {
             break;
         }
         assert!(Instant::now() < deadline, "dev node did not come up");
