@@ -84,8 +84,21 @@ fn decoded_headers(msg: &mail_parser::Message<'_>, raw: &[u8]) -> Vec<(String, S
         .collect()
 }
 
+/// Runs a decoder, treating a panic of the MIME parser (hostile input,
+/// debug assertions) as "nothing decoded" for this message only.
+fn guarded(f: impl FnOnce() -> Decoded) -> Decoded {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        log::error!("the MIME parser panicked during SEARCH; that message is searched as nothing");
+        Decoded::default()
+    })
+}
+
 /// Decodes the header section only (for header keys).
 pub fn decode_header(header: &[u8]) -> Decoded {
+    guarded(|| decode_header_inner(header))
+}
+
+fn decode_header_inner(header: &[u8]) -> Decoded {
     match MessageParser::default().parse_headers(header) {
         Some(m) => Decoded {
             headers: decoded_headers(&m, header),
@@ -97,6 +110,10 @@ pub fn decode_header(header: &[u8]) -> Decoded {
 
 /// Decodes a whole message: headers and every text part, nested ones too.
 pub fn decode_message(raw: &[u8]) -> Decoded {
+    guarded(|| decode_message_inner(raw))
+}
+
+fn decode_message_inner(raw: &[u8]) -> Decoded {
     let Some(m) = MessageParser::default().parse(raw) else {
         return Decoded {
             headers: vec![],

@@ -87,24 +87,43 @@ struct StoredMeta {
 /// Parses a message's metadata. Never fails: unparsable mail is one
 /// text/plain part covering everything, as IMAP servers show it.
 pub fn parse_meta(raw: &[u8], internal_date: i64) -> MessageMeta {
+    // Mail is hostile input and the parser is not ours: should it panic
+    // (it has debug assertions that fuzzing reaches), the message is
+    // shown as unparsed text rather than lost or killing its caller.
+    match std::panic::catch_unwind(|| parse_meta_inner(raw, internal_date)) {
+        Ok(meta) => meta,
+        Err(_) => {
+            log::error!("the MIME parser panicked on a message of {} bytes; stored as plain text", raw.len());
+            unparsed(raw, internal_date)
+        }
+    }
+}
+
+/// The metadata of mail that does not parse: one text/plain part.
+fn unparsed(raw: &[u8], internal_date: i64) -> MessageMeta {
+    let header_end = find_header_end(raw);
+    MessageMeta {
+        size: raw.len() as u64,
+        internal_date,
+        header: raw[..header_end.min(MAX_HEADER)].to_vec(),
+        envelope: Envelope::default(),
+        parts: vec![Part {
+            ctype: "text".into(),
+            subtype: "plain".into(),
+            offset_body: header_end as u64,
+            offset_end: raw.len() as u64,
+            lines: count_lines(&raw[header_end.min(raw.len())..]),
+            ..Default::default()
+        }],
+        malformed: true,
+    }
+}
+
+fn parse_meta_inner(raw: &[u8], internal_date: i64) -> MessageMeta {
     let header_end = find_header_end(raw);
     let header = raw[..header_end.min(MAX_HEADER)].to_vec();
     let Some(msg) = MessageParser::default().parse(raw) else {
-        return MessageMeta {
-            size: raw.len() as u64,
-            internal_date,
-            header,
-            envelope: Envelope::default(),
-            parts: vec![Part {
-                ctype: "text".into(),
-                subtype: "plain".into(),
-                offset_body: header_end as u64,
-                offset_end: raw.len() as u64,
-                lines: count_lines(&raw[header_end.min(raw.len())..]),
-                ..Default::default()
-            }],
-            malformed: true,
-        };
+        return unparsed(raw, internal_date);
     };
     let envelope = envelope_of(&msg);
     let mut parts = vec![];
