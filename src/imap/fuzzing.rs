@@ -60,7 +60,7 @@ pub fn command(data: &[u8]) {
         CommandBody::Search { criteria, .. } => {
             let key = SearchKey::And(criteria);
             let _ = search::needs(&key);
-            let text = search::decode_message(MAIL);
+            let text = search::decode_message(MAIL, true);
             let flags = vec!["\\Seen".to_string()];
             let c = search::Candidate { seq: 1, uid: 7, flags: &flags, modseq: 3, meta: Some(&meta), header: Some(&text), text: Some(&text) };
             let scope = search::Scope::new(5, 9, 1_800_000_000);
@@ -102,6 +102,7 @@ pub fn render_mail(data: &[u8]) {
             let _ = address::parse_address_list(v);
         }
     }
-    let _ = search::decode_message(raw);
+    let _ = search::decode_message(raw, true);
+    let _ = search::decode_message(raw, false);
     let _ = search::decode_header(&meta.header);
 }

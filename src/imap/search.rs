@@ -20,26 +20,30 @@ use crate::mail::model::{ModSeq, Uid};
 pub struct Needs {
     pub meta: bool,
     pub text: bool,
+    /// With `text`: the decoded header fields too (TEXT, or header keys).
+    pub headers: bool,
+}
+
+impl Needs {
+    fn or(self, o: Needs) -> Needs {
+        Needs {
+            meta: self.meta || o.meta,
+            text: self.text || o.text,
+            headers: self.headers || o.headers,
+        }
+    }
 }
 
 pub fn needs(key: &SearchKey<'_>) -> Needs {
     use SearchKey::*;
     match key {
-        And(keys) => keys.as_ref().iter().map(needs).fold(Needs::default(), |a, b| Needs {
-            meta: a.meta || b.meta,
-            text: a.text || b.text,
-        }),
+        And(keys) => keys.as_ref().iter().map(needs).fold(Needs::default(), Needs::or),
         Not(k) => needs(k),
-        Or(a, b) => {
-            let (a, b) = (needs(a), needs(b));
-            Needs {
-                meta: a.meta || b.meta,
-                text: a.text || b.text,
-            }
-        }
-        Body(_) | Text(_) => Needs { meta: true, text: true },
+        Or(a, b) => needs(a).or(needs(b)),
+        Body(_) => Needs { meta: false, text: true, headers: false },
+        Text(_) => Needs { meta: false, text: true, headers: true },
         Bcc(_) | Cc(_) | From(_) | To(_) | Subject(_) | Header(..) | Before(_) | On(_) | Since(_) | SentBefore(_)
-        | SentOn(_) | SentSince(_) | Larger(_) | Smaller(_) | Older(_) | Younger(_) => Needs { meta: true, text: false },
+        | SentOn(_) | SentSince(_) | Larger(_) | Smaller(_) | Older(_) | Younger(_) => Needs { meta: true, text: false, headers: true },
         _ => Needs::default(),
     }
 }
@@ -108,12 +112,50 @@ fn decode_header_inner(header: &[u8]) -> Decoded {
     }
 }
 
-/// Decodes a whole message: headers and every text part, nested ones too.
-pub fn decode_message(raw: &[u8]) -> Decoded {
-    guarded(|| decode_message_inner(raw))
+/// Decodes a whole message: every text part, nested ones too, and (with
+/// `headers`, for TEXT) the header fields.
+pub fn decode_message(raw: &[u8], headers: bool) -> Decoded {
+    guarded(|| decode_message_inner(raw, headers))
 }
 
-fn decode_message_inner(raw: &[u8]) -> Decoded {
+/// Where the top header ends, and whether the body is plain text that
+/// needs no decoding at all: one part, text/*, UTF-8 or ASCII, no
+/// transfer encoding beyond 7bit/8bit. Most mail is; its body bytes are
+/// then searched as they are, without the MIME parser.
+fn plain_body(raw: &[u8]) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)?;
+    let header = raw[..end].to_ascii_lowercase();
+    let text = String::from_utf8_lossy(&header).replace("\r\n ", " ").replace("\r\n\t", " ");
+    let field = |name: &str| {
+        text.split("\r\n").find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+    };
+    if let Some(cte) = field("content-transfer-encoding") {
+        if !matches!(cte.as_str(), "7bit" | "8bit" | "binary") {
+            return None;
+        }
+    }
+    if let Some(ct) = field("content-type") {
+        if !ct.starts_with("text/") {
+            return None;
+        }
+        if let Some((_, cs)) = ct.split_once("charset=") {
+            let cs = cs.trim_matches(|c: char| c == '"' || c == ' ' || c == ';');
+            let cs = cs.split(';').next().unwrap_or("").trim_matches('"');
+            if !matches!(cs, "utf-8" | "us-ascii" | "utf8") {
+                return None;
+            }
+        }
+    }
+    Some(end)
+}
+
+fn decode_message_inner(raw: &[u8], headers: bool) -> Decoded {
+    if let Some(end) = plain_body(raw) {
+        return Decoded {
+            headers: if headers { decode_header_inner(&raw[..end]).headers } else { vec![] },
+            body: String::from_utf8_lossy(&raw[end..]).to_lowercase(),
+        };
+    }
     let Some(m) = MessageParser::default().parse(raw) else {
         return Decoded {
             headers: vec![],
@@ -123,7 +165,7 @@ fn decode_message_inner(raw: &[u8]) -> Decoded {
     let mut body = String::new();
     collect_text(&m, &mut body, 0);
     Decoded {
-        headers: decoded_headers(&m, raw),
+        headers: if headers { decoded_headers(&m, raw) } else { vec![] },
         body: body.to_lowercase(),
     }
 }
@@ -314,6 +356,33 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, s: &Scope) -> bool {
 mod tests {
     use super::*;
     use imap_codec::imap_types::sequence::SequenceSet;
+
+    #[test]
+    fn plain_mail_is_searched_without_the_parser_and_finds_the_same() {
+        let plain = "Subject: Grüße\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nZÜRICH café\r\n".as_bytes();
+        assert!(plain_body(plain).is_some());
+        let fast = decode_message(plain, true);
+        let slow = decode_message_inner_parsed(plain);
+        assert_eq!(fast.body.trim(), slow.body.trim());
+        assert!(fast.body.contains("zürich café"));
+        assert!(fast.headers.iter().any(|(n, v)| n == "subject" && v.contains("grüße")));
+        // Anything encoded goes through the parser.
+        for encoded in [
+            &b"Content-Transfer-Encoding: base64\r\n\r\nWsOccmljaA==\r\n"[..],
+            b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nZ\xfcrich\r\n",
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+        ] {
+            assert!(plain_body(encoded).is_none());
+            assert!(decode_message(encoded, false).body.contains("z\u{fc}rich") || encoded.starts_with(b"Content-Type: multipart"));
+        }
+    }
+
+    fn decode_message_inner_parsed(raw: &[u8]) -> Decoded {
+        let m = MessageParser::default().parse(raw).unwrap();
+        let mut body = String::new();
+        collect_text(&m, &mut body, 0);
+        Decoded { headers: vec![], body: body.to_lowercase() }
+    }
 
     #[test]
     fn intervals_merge_and_answer_by_binary_search() {

@@ -1487,7 +1487,9 @@ impl Session {
                         let meta = if needs.meta { message::message_meta(&store, &keys, &mailbox, id).await? } else { None };
                         let header = meta.as_ref().filter(|_| !needs.text).map(|m| search::decode_header(&m.header));
                         let text = if needs.text {
-                            fetch::read_all(&store, &keys, &mailbox, id).await?.map(|raw| search::decode_message(&raw))
+                            fetch::read_all(&store, &keys, &mailbox, id)
+                                .await?
+                                .map(|raw| search::decode_message(&raw, needs.headers || needs.meta))
                         } else {
                             None
                         };
