@@ -211,9 +211,13 @@ impl MailboxIndex {
                 }
             }
             Op::Expunge { uids } => {
+                // Sorted once: expunging many of many messages stays
+                // n log n, not n times m.
+                let mut doomed = uids.clone();
+                doomed.sort_unstable();
                 let expunged = &mut self.expunged;
                 self.messages.retain(|m| {
-                    let gone = uids.contains(&m.uid);
+                    let gone = doomed.binary_search(&m.uid).is_ok();
                     if gone {
                         expunged.push((m.uid, modseq));
                     }
