@@ -718,14 +718,19 @@ impl Session {
                 let Some(idx) = v else { return (vec![], vec![], told) };
                 let mut out = vec![];
                 if expunges {
+                    // Reported from the highest sequence number down, so each
+                    // number is still right when the client applies it.
                     let mut gone = vec![];
                     for i in (0..uids.len()).rev() {
                         if idx.get(uids[i]).is_none() {
                             if !qresync {
                                 out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
                             }
-                            gone.push(uids.remove(i));
+                            gone.push(uids[i]);
                         }
+                    }
+                    if !gone.is_empty() {
+                        uids.retain(|u| idx.get(*u).is_some());
                     }
                     if qresync && !gone.is_empty() {
                         out.extend_from_slice(format!("* VANISHED {}\r\n", uid_set(&gone)).as_bytes());
@@ -1275,7 +1280,9 @@ impl Session {
         let _ = mb.refresh().await;
         let silent = matches!(response, StoreResponse::Silent);
         let modified = outcome.as_ref().map(|o| o.modified.clone()).unwrap_or_default();
-        let told = self.sync(false, if silent { outcome.as_ref().map(|o| o.modseq) } else { None }).await?;
+        let told: std::collections::HashSet<Uid> =
+            self.sync(false, if silent { outcome.as_ref().map(|o| o.modseq) } else { None }).await?.into_iter().collect();
+        let modified_set: std::collections::HashSet<Uid> = modified.iter().copied().collect();
         if !silent {
             // Messages the STORE targeted but did not change still get
             // their FLAGS (RFC 3501 §6.4.6).
@@ -1285,7 +1292,7 @@ impl Session {
                     let mut out = vec![];
                     let Some(idx) = v else { return out };
                     for (seq, u) in &targets {
-                        if told.contains(u) || modified.contains(u) {
+                        if told.contains(u) || modified_set.contains(u) {
                             continue;
                         }
                         if let Some(m) = idx.get(*u) {
@@ -1307,7 +1314,7 @@ impl Session {
             let shown: Vec<String> = if uid {
                 vec![uid_set(&modified)]
             } else {
-                let seqs: Vec<u32> = targets.iter().filter(|(_, u)| modified.contains(u)).map(|(s, _)| *s).collect();
+                let seqs: Vec<u32> = targets.iter().filter(|(_, u)| modified_set.contains(u)).map(|(s, _)| *s).collect();
                 vec![uid_set(&seqs)]
             };
             return Ok(Done::Ok(format!("[MODIFIED {}] Conditional STORE failed for some messages", shown[0])));
@@ -1320,7 +1327,8 @@ impl Session {
         if sel.read_only {
             return Ok(Done::No("[READ-ONLY] Mailbox is read-only".into()));
         }
-        let within: Option<Vec<Uid>> = set.as_ref().map(|s| self.resolve(s, true).into_iter().map(|(_, u)| u).collect());
+        let within: Option<std::collections::HashSet<Uid>> =
+            set.as_ref().map(|s| self.resolve(s, true).into_iter().map(|(_, u)| u).collect());
         let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
         let (mb, mailbox) = (sel.mb.clone(), sel.info.id.clone());
         let known = sel.uids.clone();
