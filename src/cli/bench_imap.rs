@@ -112,8 +112,11 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
-/// Resident memory (KiB) of the processes whose command line contains
-/// `pattern` (Dovecot runs one process per connection: all of them count).
+/// Memory (KiB) of the processes whose command line contains `pattern`
+/// (Dovecot runs one process per connection: all of them count), as PSS:
+/// pages shared between processes (libraries, Dovecot's shared mappings)
+/// are divided among them rather than counted once per process as RSS
+/// would. Falls back to RSS where smaps_rollup is missing.
 fn rss_kib(pattern: &str) -> u64 {
     let mut total = 0;
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
@@ -128,10 +131,12 @@ fn rss_kib(pattern: &str) -> u64 {
         if !cmd.contains(pattern) {
             continue;
         }
-        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-        if let Some(l) = status.lines().find(|l| l.starts_with("VmRSS:")) {
-            total += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
+        let field = |file: &str, name: &str| -> Option<u64> {
+            let text = std::fs::read_to_string(e.path().join(file)).ok()?;
+            let l = text.lines().find(|l| l.starts_with(name))?;
+            l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())
+        };
+        total += field("smaps_rollup", "Pss:").or_else(|| field("status", "VmRSS:")).unwrap_or(0);
     }
     total
 }
@@ -227,7 +232,7 @@ pub async fn run(a: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_kib(pattern);
         println!(
-            "{label:<10} {} idle connections: RSS {:.1} -> {:.1} MiB, {:.1} KiB per connection",
+            "{label:<10} {} idle connections: PSS {:.1} -> {:.1} MiB, {:.1} KiB per connection",
             a.connections,
             before as f64 / 1024.0,
             after as f64 / 1024.0,
