@@ -384,6 +384,9 @@ impl Session {
             CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
             CommandBody::Rename { from, to } => {
                 let (from, to) = (self.name_in(&from), self.name_in(&to));
+                if from.eq_ignore_ascii_case("INBOX") {
+                    return self.rename_inbox(&to).await;
+                }
                 Ok(match self.user().mailboxes.rename(&from, &to).await {
                     Ok(()) => Done::Ok("RENAME completed".into()),
                     Err(e) => e.into(),
@@ -834,6 +837,48 @@ impl Session {
             Ok(_) => Done::Ok("CREATE completed".into()),
             Err(e) => e.into(),
         })
+    }
+
+    /// RENAME INBOX (RFC 9051 §6.3.6): every message moves to a new
+    /// mailbox of that name; INBOX stays, empty (its inferiors stay too).
+    async fn rename_inbox(&mut self, to: &str) -> Result<Done, ConnError> {
+        let dest = match self.user().mailboxes.create(to, None).await {
+            Ok(d) => d,
+            Err(e) => return Ok(e.into()),
+        };
+        let keys = self.user().keys.clone();
+        let inbox = match self.open(crate::mail::mailboxes::INBOX_ID, true).await {
+            Ok(mb) => mb,
+            Err(d) => return Ok(d),
+        };
+        let msgs: Vec<(Uid, u64, Vec<String>)> = inbox
+            .with_view(|v| v.map(|i| i.messages().iter().map(|m| (m.uid, m.id, i.flag_names(m.flags))).collect()).unwrap_or_default())
+            .await;
+        if let Err(d) = self.open(&dest.id, true).await {
+            return Ok(d);
+        }
+        // In slices, so a huge INBOX is neither one giant log entry nor
+        // left half-moved by a failure: each slice is copied, then removed.
+        for chunk in msgs.chunks(500) {
+            let mut ops = vec![];
+            for (_, id, flags) in chunk {
+                match message::copy_message(&self.imap.store, &keys, crate::mail::mailboxes::INBOX_ID, &dest.id, *id).await {
+                    Ok(Some(_)) => ops.push((rand::random(), Op::Append { message: *id, flags: flags.clone() })),
+                    Ok(None) => {}
+                    Err(e) => return Ok(e.into()),
+                }
+            }
+            if let Err(e) = self.imap.mail.submit(&keys, &dest.id, ops).await {
+                return Ok(e.into());
+            }
+            let op = Op::Expunge { uids: chunk.iter().map(|m| m.0).collect() };
+            if let Err(e) = self.imap.mail.submit(&keys, crate::mail::mailboxes::INBOX_ID, vec![(rand::random(), op)]).await {
+                return Ok(e.into());
+            }
+        }
+        let _ = inbox.refresh().await;
+        self.sync(true, None).await?;
+        Ok(Done::Ok("RENAME completed; INBOX's messages moved".into()))
     }
 
     async fn delete(&mut self, mailbox: &ImapMailbox<'_>) -> Result<Done, ConnError> {

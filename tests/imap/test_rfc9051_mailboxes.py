@@ -53,6 +53,19 @@ u, t = r.ok('LIST "" "Archive/*"')
 assert u == ['* LIST (\\HasChildren) "/" Archive/Projects',
              '* LIST (\\HasChildren) "/" Archive/Projects/Estafette',
              '* LIST (\\HasNoChildren) "/" "Archive/Projects/Estafette/Design notes"'], u
+# RENAME INBOX moves its messages to the new name; INBOX stays, empty.
+r.ok('APPEND INBOX (\\Flagged) ', message("in inbox 1"))
+r.ok('APPEND INBOX ', message("in inbox 2"))
+u, t = r.ok('RENAME INBOX "Old Inbox"')
+u, t = r.ok('STATUS INBOX (MESSAGES)')
+assert u == ['* STATUS INBOX (MESSAGES 0)'], u
+u, t = r.ok('STATUS "Old Inbox" (MESSAGES)')
+assert u == ['* STATUS "Old Inbox" (MESSAGES 2)'], u
+r.ok('SELECT "Old Inbox"')
+u, t = r.ok('FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
+assert u == ['* 1 FETCH (FLAGS (\\Flagged) BODY[HEADER.FIELDS (SUBJECT)] {23}\r\nSubject: in inbox 1\r\n\r\n)',
+             '* 2 FETCH (FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {23}\r\nSubject: in inbox 2\r\n\r\n)'], u
+r.ok('UNSELECT')
 u, t = r.cmd('RENAME "Nope" "Other"')
 assert t == "NO [NONEXISTENT] no mailbox Nope", t
 
