@@ -481,10 +481,15 @@ impl Session {
         }
     }
 
+    /// The user's quota in bytes, as the users file has it now.
+    fn quota(&self) -> Option<u64> {
+        self.imap.accounts.directory().user(&self.user().login).and_then(|u| u.quota_bytes())
+    }
+
     /// `* QUOTA "" (STORAGE used limit)` in KiB, when the user has a quota.
     async fn quota_line(&mut self) -> Result<Done, ConnError> {
         let user = self.user();
-        let quota = self.imap.accounts.directory().user(&user.login).and_then(|u| u.quota_bytes());
+        let quota = self.quota();
         if let Some(q) = quota {
             let used = match self.imap.mail.usage.current(&user.keys.user).await {
                 Ok(u) => u,
@@ -501,7 +506,7 @@ impl Session {
     /// Refuses `bytes` more if they would take the user over quota.
     async fn check_quota(&self, bytes: u64) -> Option<Done> {
         let user = self.user();
-        let quota = self.imap.accounts.directory().user(&user.login).and_then(|u| u.quota_bytes())?;
+        let quota = self.quota()?;
         match self.imap.mail.usage.current(&user.keys.user).await {
             Ok(used) if used.saturating_add(bytes) > quota => Some(Done::No(format!(
                 "[OVERQUOTA] Quota exceeded ({used} of {quota} bytes used)"
@@ -1436,10 +1441,11 @@ impl Session {
             Ok(m) => m,
             Err(d) => return Ok(d),
         };
-        if !mv {
+        if !mv && self.quota().is_some() {
             // A copy counts against the quota like the original (as in
             // Dovecot); a move changes nothing. The sizes are known once
-            // the metadata is copied, so the check is before, on the sum.
+            // the metadata is copied, so the check is before, on the sum
+            // (read only when there is a quota to check).
             let ids: Vec<u64> = msgs.iter().map(|m| m.1).collect();
             let mut total = 0u64;
             let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys.clone(), source.clone(), ids, true));

@@ -394,12 +394,15 @@ async fn get_stored(store: &Store, keys: &Arc<UserKeys>, mailbox: &str, id: Mess
     let Some(item) = store.get(&keys.user, &p, &sk).await? else {
         return Ok(None);
     };
-    let Some(v) = item.values.first() else {
-        return Ok(None);
-    };
-    let plain = keys.open_item(&p, &sk, v).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
-    let stored = rmp_serde::from_slice(&plain).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
-    Ok(Some(stored))
+    match item.values.first() {
+        Some(v) => open_stored(keys, &p, &sk, v).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn open_stored(keys: &UserKeys, partition: &str, sort_key: &str, sealed: &[u8]) -> Result<StoredMeta, StorageError> {
+    let plain = keys.open_item(partition, sort_key, sealed).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
+    rmp_serde::from_slice(&plain).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))
 }
 
 /// The metadata of a message in a mailbox.
@@ -426,9 +429,7 @@ pub async fn mailbox_size(store: &Store, keys: &Arc<UserKeys>, mailbox: &str) ->
     let mut total = 0u64;
     for it in store.range(&keys.user, &p, &crate::storage::Range::default()).await? {
         let Some(v) = it.values.first() else { continue };
-        let plain = keys.open_item(&p, &it.sort_key, v).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
-        let stored: StoredMeta = rmp_serde::from_slice(&plain).map_err(|e| StorageError::Corrupt(format!("message metadata: {e}")))?;
-        total = total.saturating_add(stored.meta.size);
+        total = total.saturating_add(open_stored(keys, &p, &it.sort_key, v)?.meta.size);
     }
     Ok(total)
 }

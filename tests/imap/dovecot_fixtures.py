@@ -107,8 +107,13 @@ service imap-login {{
             json.dump({"dovecot": version, "items": ITEMS, "answers": data}, f, indent=1, ensure_ascii=False, sort_keys=True)
         print("recorded %d messages x %d items from Dovecot %s" % (len(CORPUS), len(ITEMS), version))
     finally:
+        pid_file = work + "/run/master.pid"
+        pid = int(open(pid_file).read()) if os.path.exists(pid_file) else None
         subprocess.call(["dovecot", "-c", conf, "stop"])
-        time.sleep(0.5)
+        # Its files go once the master has exited.
+        deadline = time.time() + 10
+        while pid and os.path.exists("/proc/%d" % pid) and time.time() < deadline:
+            time.sleep(0.05)
         shutil.rmtree(work, ignore_errors=True)
 
 
