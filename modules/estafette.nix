@@ -47,7 +47,8 @@ let
       rpc = {
         bind = cfg.rpc.bind;
         secret_file = "${credDir}/rpc-secret";
-      } // lib.optionalAttrs (cfg.rpc.publicAddr != null) { public_addr = cfg.rpc.publicAddr; };
+      } // lib.optionalAttrs (cfg.rpc.publicAddr != null) { public_addr = cfg.rpc.publicAddr; }
+        // lib.optionalAttrs cfg.rpc.bindOutgoing { bind_outgoing = true; };
       cluster = {
         replication_factor = cfg.cluster.replicationFactor;
         bootstrap_peers = cfg.cluster.bootstrapPeers;
@@ -125,6 +126,11 @@ in
         default = null;
         example = "10.0.0.1:3901";
         description = "Address other nodes reach this one at (default: `rpc.bind`). Must equal this node's `rpcAddr` in `cluster.nodes`.";
+      };
+      bindOutgoing = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Dial peers from `rpc.bind`'s address rather than the one the kernel picks (hosts with several addresses).";
       };
       secretFile = mkOption {
         type = types.path;

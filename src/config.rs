@@ -82,6 +82,12 @@ pub struct RpcConfig {
     /// A file holding the cluster secret (hex), readable only by us.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// Dial peers from `bind`'s IP address instead of the one the kernel
+    /// picks (Garage's `rpc_bind_outgoing`): for hosts with several
+    /// addresses, and for `estafette dev`'s WAN emulator, which tells links
+    /// apart by their source address.
+    #[serde(default)]
+    pub bind_outgoing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,7 +4,7 @@
 //! Layers, each depending only on those below it (DESIGN.md §1):
 //!
 //! ```text
-//! cli      clap commands (server, dev, config, cluster, bench)
+//! cli      clap commands (server, dev, wan, config, cluster, bench)
 //! server   wiring: config -> storage -> accounts -> ...; admin socket, metrics, signals
 //! lmtp     LMTP front end (delivery from the MTA)
 //! mail     the mailbox engine: logs, sequencer, UID/MODSEQ index
@@ -12,6 +12,7 @@
 //! crypto   key hierarchy and sealing, nothing else
 //! storage  the embedded Garage node and the Store API (items, blobs, peer RPC)
 //! config   the TOML configuration, typed and validated
+//! wan      dev/test only: the emulated WAN between `dev` regions (no deps)
 //! ```
 //!
 //! The binary is a thin `main` over [`cli::main`]; the library exists so
@@ -27,3 +28,4 @@ pub mod logging;
 pub mod mail;
 pub mod server;
 pub mod storage;
+pub mod wan;

@@ -40,7 +40,7 @@ fn dev_regions(n: u8) -> Dev {
     let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_estafette"))
         .args(["dev", "--data-dir", &d, "--regions", &n.to_string()])
-        .args(["--rpc-port", &port().to_string(), "--metrics-port", &port().to_string()])
+        .args(["--rpc-port", &port().to_string(), "--metrics-port", &port().to_string(), "--wan-port", &port().to_string()])
         .args(["--lmtp-port", &lmtp.to_string(), "--imap-port", &imap.to_string(), "--imaps-port", &imaps.to_string()])
         .stdout(Stdio::null())
         .stderr(log)

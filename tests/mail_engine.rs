@@ -193,7 +193,7 @@ struct NoPeers;
 
 #[async_trait::async_trait]
 impl estafette::mail::Peers for NoPeers {
-    async fn forward(&self, _: u8, _: &str, _: Vec<(u64, Op)>) -> Result<Vec<estafette::mail::Outcome>, estafette::mail::MailError> {
+    async fn forward(&self, _: u8, _: &str, _: Vec<(u64, Op)>) -> Result<estafette::mail::Sequenced, estafette::mail::MailError> {
         Err(estafette::mail::MailError::Unavailable("no peers here".into()))
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use estafette::mail::{
     EngineConfig, FlagMode, LogError, LogStorage, MailError, Mailbox, MailboxIndex, Mutation, NodeSlot, Op, OpId,
-    Outcome, Peers,
+    Outcome, Peers, Sequenced,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -285,7 +285,7 @@ struct SimPeers {
 
 #[async_trait]
 impl Peers for SimPeers {
-    async fn forward(&self, node: NodeSlot, _mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+    async fn forward(&self, node: NodeSlot, _mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Sequenced, MailError> {
         let target = usize::from(node);
         tokio::time::sleep(self.world.delay()).await;
         if !self.world.alive(self.node, self.incarnation) || !self.world.link(self.node, target) {

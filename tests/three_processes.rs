@@ -123,6 +123,7 @@ async fn kill_and_restart_a_region() {
         .args(["dev", "--regions", "3", "--data-dir"])
         .arg(&dir)
         .args(["--rpc-port", &free_port().to_string(), "--metrics-port", &free_port().to_string(), "--lmtp-port", &free_port().to_string()])
+        .args(["--wan-port", &free_port().to_string(), "--imap-port", &free_port().to_string(), "--imaps-port", &free_port().to_string()])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

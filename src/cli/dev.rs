@@ -38,6 +38,22 @@ pub struct DevArgs {
     /// IMAPS (implicit TLS) port of every node.
     #[arg(long, default_value_t = 1993)]
     imaps_port: u16,
+    /// Round-trip time between regions in milliseconds (several regions):
+    /// node-to-node traffic is delayed by half of it each way.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rtt)]
+    rtt: f64,
+    /// Port of the WAN emulator in front of each node's RPC (several
+    /// regions): peers dial 127.0.0.<i>:<wan port>, the node listens on
+    /// --rpc-port.
+    #[arg(long, default_value_t = 3911)]
+    wan_port: u16,
+}
+
+fn parse_rtt(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(ms) if (0.0..=10_000.0).contains(&ms) => Ok(ms),
+        _ => Err(format!("`{s}`: give milliseconds between 0 and 10000")),
+    }
 }
 
 /// The per-user default state folder for dev appliances.
@@ -81,7 +97,9 @@ fn dev_secret(dir: &Path) -> Result<PathBuf, String> {
 /// The configuration of dev node `i` of `n`.
 fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
     let n = args.regions;
-    let rpc = |j: u8| SocketAddr::new(node_ip(j), args.rpc_port);
+    let private = |j: u8| SocketAddr::new(node_ip(j), args.rpc_port);
+    // With several regions, peers reach each other through the WAN emulator.
+    let rpc = |j: u8| if n > 1 { SocketAddr::new(node_ip(j), args.wan_port) } else { private(j) };
     let nd = node_dir(dir, i);
     Config {
         node: NodeConfig {
@@ -93,10 +111,12 @@ fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
             fsync: false,
         },
         rpc: RpcConfig {
-            bind: rpc(i),
-            public_addr: None,
+            bind: private(i),
+            public_addr: (n > 1).then(|| rpc(i)),
             secret: None,
             secret_file: Some(secret_file.to_owned()),
+            // The emulator tells links apart by source address.
+            bind_outgoing: n > 1,
         },
         cluster: ClusterConfig {
             replication_factor: usize::from(n.min(3)),
@@ -180,6 +200,13 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         );
     }
     println!("  status: estafette cluster status --data-dir {}", dir.display());
+    if args.regions > 1 {
+        println!(
+            "  WAN emulator: {} ms round trip between regions; cut and heal links with `estafette wan --data-dir {} cut 1 3`, `... heal`",
+            args.rtt,
+            dir.display()
+        );
+    }
 
     if args.regions == 1 {
         let config = configs.remove(0);
@@ -203,6 +230,17 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         let _ = std::fs::remove_file(&pid);
         return result;
     }
+    let regions: Vec<crate::wan::Region> = (1..=args.regions)
+        .map(|i| crate::wan::Region {
+            index: i,
+            public: SocketAddr::new(node_ip(i), args.wan_port),
+            private: SocketAddr::new(node_ip(i), args.rpc_port),
+        })
+        .collect();
+    let wan = crate::wan::Wan::start(&regions, Duration::from_secs_f64(args.rtt / 1000.0))
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::wan::control::serve(std::sync::Arc::new(wan), &dir.join("wan.sock")).await.map_err(|e| e.to_string())?;
     supervise(&dir, &configs).await
 }
 

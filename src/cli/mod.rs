@@ -35,6 +35,16 @@ enum Command {
     /// Run a local appliance with no configuration: one node, or one node
     /// per region as separate processes on 127.0.0.1, 127.0.0.2, ...
     Dev(dev::DevArgs),
+    /// Drive the WAN emulator of `estafette dev --regions N`: cut a link
+    /// (`cut 1 3`, one direction: `cut 1>3`), `heal [A B]`, `rtt MS`,
+    /// `delay A>B MS`, `show`.
+    Wan {
+        /// The dev appliance's data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Configuration file tools.
     Config {
         #[command(subcommand)]
@@ -91,6 +101,15 @@ pub fn main() -> ExitCode {
                 crate::server::run(config).await.map_err(|e| e.to_string())
             }
             Command::Dev(args) => dev::run(args).await,
+            Command::Wan { data_dir, command } => {
+                let dir = match data_dir {
+                    Some(d) => d,
+                    None => dev::default_data_dir()?,
+                };
+                let state = crate::wan::control::call(&dir.join("wan.sock"), &command.join(" ")).await?;
+                println!("{state}");
+                Ok(())
+            }
             Command::Config { command: ConfigCommand::Check { file } } => {
                 let c = Config::load(&file).map_err(|e| e.to_string())?;
                 c.rpc_secret().map_err(|e| e.to_string())?;

@@ -36,7 +36,7 @@ use super::{render, utf7, Imap};
 use crate::accounts::{AccountsError, UserKeys};
 use crate::mail::mailboxes::{MailboxInfo, Mailboxes, MailboxesError, SEPARATOR};
 use crate::mail::service::EngineMailbox;
-use crate::mail::{cleanup, incoming, message, FlagMode, MailError, ModSeq, Op, Uid};
+use crate::mail::{cleanup, message, FlagMode, MailError, ModSeq, Op, Uid};
 use crate::storage::StorageError;
 
 /// How a command ended (the tagged response).
@@ -89,7 +89,9 @@ struct Selected {
     info: MailboxInfo,
     read_only: bool,
     mb: Arc<EngineMailbox>,
-    changes: watch::Receiver<u64>,
+    changes: watch::Receiver<crate::mail::service::Changes>,
+    /// The `stale` mark of `changes` the view was last brought up to date for.
+    seen_stale: u64,
     /// The client's sequence-number map.
     uids: Vec<Uid>,
     /// Flag changes up to this MODSEQ have been told.
@@ -548,12 +550,7 @@ impl Session {
                 });
                 // Mail delivered while the user was away goes into INBOX
                 // now; the session sees it arrive like any new mail.
-                let (mail, store) = (self.imap.mail.clone(), self.imap.store.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = incoming::file_incoming(&mail, &store, &keys).await {
-                        log::warn!("filing queued mail at login: {e}");
-                    }
-                });
+                self.imap.mail.file_queued(keys);
                 log::info!("IMAP login of {} from {}", s.login(), self.peer);
                 Done::Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
             }
@@ -624,12 +621,15 @@ impl Session {
         let Some(info) = self.find(&name).await? else {
             return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
         };
+        // Watch before reading the log: a change announced in between is
+        // then either in the read or still marked.
+        let keys = self.user().keys.clone();
+        let changes = self.imap.mail.watch(&keys, &info.id);
+        let seen_stale = changes.borrow().stale;
         let mb = match self.open(&info.id, true).await {
             Ok(mb) => mb,
             Err(d) => return Ok(d),
         };
-        let keys = self.user().keys.clone();
-        let changes = self.imap.mail.watch(&keys, &info.id);
         let mut qresync = None;
         for p in &params {
             match p {
@@ -699,10 +699,27 @@ impl Session {
             read_only,
             mb,
             changes,
+            seen_stale,
             uids,
             told_modseq: highest,
         });
         Ok(Done::Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into()))
+    }
+
+    /// After this session's own change to the selected mailbox: make the
+    /// view show it. Sequenced on this node (`shown`), it does already, and
+    /// only a change from elsewhere (a stale mark) calls for a log read.
+    /// Marks are taken before the read, so one arriving during it is not lost.
+    async fn catch_up(&mut self, shown: bool) {
+        let Some(sel) = self.selected.as_mut() else { return };
+        let c = *sel.changes.borrow_and_update();
+        if shown && c.stale == sel.seen_stale {
+            return;
+        }
+        sel.seen_stale = c.stale;
+        if let Err(e) = sel.mb.refresh().await {
+            log::debug!("refresh after an operation: {e}");
+        }
     }
 
     /// Tells the client what changed in the selected mailbox. Returns the
@@ -712,8 +729,10 @@ impl Session {
         let condstore = self.enabled.condstore;
         let qresync = self.enabled.qresync;
         let Some(sel) = self.selected.as_mut() else { return Ok(vec![]) };
-        if sel.changes.has_changed().unwrap_or(false) {
-            sel.changes.borrow_and_update();
+        // Compared, not `has_changed`: IDLE's wait has consumed the wake-up.
+        let c = *sel.changes.borrow_and_update();
+        if c.stale != sel.seen_stale {
+            sel.seen_stale = c.stale;
             if let Err(e) = sel.mb.refresh().await {
                 log::debug!("refresh of a selected mailbox: {e}");
             }
@@ -801,14 +820,7 @@ impl Session {
             };
             match event {
                 Event::Changed => {
-                    if let Some(sel) = self.selected.as_mut() {
-                        // Mark seen and refresh (sync only refreshes on
-                        // an unseen change).
-                        sel.changes.borrow_and_update();
-                        if let Err(e) = sel.mb.refresh().await {
-                            log::debug!("refresh in IDLE: {e}");
-                        }
-                    }
+                    // sync reads the log if the change came from elsewhere.
                     self.sync(true, None).await?;
                     self.conn.flush().await?;
                 }
@@ -1140,13 +1152,13 @@ impl Session {
         self.imap.mail.usage.add(&keys.user, raw.len() as u64);
         drop(raw);
         let op = (rand::random(), Op::Append { message: id, flags });
-        let outcome = match self.imap.mail.submit(&keys, &info.id, vec![op]).await {
+        let (outcome, shown) = match self.imap.mail.submit_shown(&keys, &info.id, vec![op]).await {
             Ok(o) => o,
             Err(e) => return Ok(e.into()),
         };
         let uidvalidity = mb.with_view(|v| v.map_or(0, |i| i.uidvalidity)).await;
         if self.selected.as_ref().is_some_and(|s| s.info.id == info.id) {
-            let _ = mb.refresh().await;
+            self.catch_up(shown).await;
             self.sync(true, None).await?;
         }
         Ok(match outcome.first().and_then(|o| o.uid) {
@@ -1225,10 +1237,10 @@ impl Session {
                 .await;
             if !unseen.is_empty() {
                 let op = Op::Store { uids: unseen, mode: FlagMode::Add, flags: vec!["\\Seen".into()], unchanged_since: None };
-                if let Err(e) = self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
-                    return Ok(e.into());
+                match self.imap.mail.submit_shown(&keys, &mailbox, vec![(rand::random(), op)]).await {
+                    Ok((_, shown)) => self.catch_up(shown).await,
+                    Err(e) => return Ok(e.into()),
                 }
-                let _ = mb.refresh().await;
                 show_flags = true;
             }
         }
@@ -1323,11 +1335,13 @@ impl Session {
             return Ok(Done::Ok("STORE completed".into()));
         }
         let op = Op::Store { uids: uids.clone(), mode, flags, unchanged_since };
-        let outcome = match self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
-            Ok(mut o) => o.pop(),
+        let outcome = match self.imap.mail.submit_shown(&keys, &mailbox, vec![(rand::random(), op)]).await {
+            Ok((mut o, shown)) => {
+                self.catch_up(shown).await;
+                o.pop()
+            }
             Err(e) => return Ok(e.into()),
         };
-        let _ = mb.refresh().await;
         let silent = matches!(response, StoreResponse::Silent);
         let modified = outcome.as_ref().map(|o| o.modified.clone()).unwrap_or_default();
         let told: std::collections::HashSet<Uid> =
@@ -1397,10 +1411,10 @@ impl Session {
         if !doomed.is_empty() {
             let ids: Vec<u64> = mb.with_view(|v| v.map(|i| doomed.iter().filter_map(|u| i.get(*u).map(|m| m.id)).collect()).unwrap_or_default()).await;
             let op = Op::Expunge { uids: doomed };
-            if let Err(e) = self.imap.mail.submit(&keys, &mailbox, vec![(rand::random(), op)]).await {
-                return Ok(e.into());
+            match self.imap.mail.submit_shown(&keys, &mailbox, vec![(rand::random(), op)]).await {
+                Ok((_, shown)) => self.catch_up(shown).await,
+                Err(e) => return Ok(e.into()),
             }
-            let _ = mb.refresh().await;
             // What they occupied no longer counts against the quota.
             let mut freed = 0u64;
             let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys.clone(), mailbox.clone(), ids, true));
@@ -1471,7 +1485,7 @@ impl Session {
                 Err(e) => return Ok(e.into()),
             }
         }
-        let outcomes = match self.imap.mail.submit(&keys, &dest.id, ops).await {
+        let (outcomes, shown) = match self.imap.mail.submit_shown(&keys, &dest.id, ops).await {
             Ok(o) => o,
             Err(e) => return Ok(e.into()),
         };
@@ -1485,17 +1499,19 @@ impl Session {
         let list = |v: &[Uid]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",");
         let code = format!("[COPYUID {uidvalidity} {} {}]", list(&src), list(&dst));
         if self.selected.as_ref().is_some_and(|s| s.info.id == dest.id) {
-            let _ = dest_mb.refresh().await;
+            self.catch_up(shown).await;
         }
         if mv {
             self.conn.write(format!("* OK {code} Moved\r\n").as_bytes()).await?;
             let op = Op::Expunge { uids: src };
-            if let Err(e) = self.imap.mail.submit(&keys, &source, vec![(rand::random(), op)]).await {
-                // The copy stands (the client will see it twice, not lose it).
-                self.imap.mail.usage.add(&keys.user, copied);
-                return Ok(e.into());
+            match self.imap.mail.submit_shown(&keys, &source, vec![(rand::random(), op)]).await {
+                Ok((_, shown)) => self.catch_up(shown).await,
+                Err(e) => {
+                    // The copy stands (the client will see it twice, not lose it).
+                    self.imap.mail.usage.add(&keys.user, copied);
+                    return Ok(e.into());
+                }
             }
-            let _ = mb.refresh().await;
             self.sync(true, None).await?;
             return Ok(Done::Ok(format!("{word} completed")));
         }

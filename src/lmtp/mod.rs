@@ -351,17 +351,22 @@ impl Lmtp {
                     }
                 }
             }
-            match incoming::deliver(&self.store, &r.user, &r.public, &msg, now.timestamp()).await {
-                Ok(_) => {
+            // The recipient has a session here: the message goes into INBOX
+            // now, without being read back from the queue.
+            let keys = self.accounts.active_keys(&r.login);
+            match incoming::deliver(&self.store, &r.user, &r.public, &msg, now.timestamp(), keys.as_ref()).await {
+                Ok(delivered) => {
                     self.mail.usage.add(&r.user, msg.len() as u64);
-                    match self.accounts.active_keys(&r.login) {
-                        // The recipient has a session here: file it now.
+                    match keys {
                         Some(keys) => {
-                            let (mail, store) = (self.mail.clone(), self.store.clone());
+                            let mail = self.mail.clone();
                             tokio::spawn(async move {
-                                if let Err(e) = incoming::file_incoming(&mail, &store, &keys).await {
-                                    log::warn!("filing a delivery: {e}");
+                                if delivered.prepared {
+                                    if let Err(e) = incoming::file_delivered(&mail, &keys, delivered.message).await {
+                                        log::warn!("filing a delivery: {e}");
+                                    }
                                 }
+                                mail.file_queued(keys);
                             });
                         }
                         // Else whichever node holds their keys (if any) files it.

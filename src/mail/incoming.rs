@@ -11,6 +11,12 @@
 //! sequences an Append whose operation id is derived from the message id
 //! (so two nodes filing the same message at once apply it once), and
 //! deletes the item.
+//!
+//! When the delivering node holds the recipient's keys (they have a session
+//! there), the metadata is written together with the queue item, before
+//! 250, and the Append is sequenced straight after: the message reaches
+//! INBOX without being read back. The queue item is then only deleted by
+//! the next scan.
 
 use std::sync::Arc;
 
@@ -37,15 +43,26 @@ struct Envelope {
     internal_date: i64,
 }
 
+/// What [`deliver`] stored.
+pub struct Delivered {
+    pub message: MessageId,
+    /// Its INBOX metadata was written too (the recipient's keys were at
+    /// hand): [`file_delivered`] can sequence it at once.
+    pub prepared: bool,
+}
+
 /// Stores a message for `user`, sealed to `public`. Ok once a quorum holds
-/// it: the message can no longer be lost.
+/// it: the message can no longer be lost. With `keys` (the recipient's,
+/// unlocked on this node) its INBOX metadata is written at the same time,
+/// and the result says it is ready for [`file_delivered`].
 pub async fn deliver(
     store: &Store,
     user: &UserId,
     public: &PublicKey,
     raw: &[u8],
     internal_date: i64,
-) -> Result<MessageId, StorageError> {
+    keys: Option<&Arc<UserKeys>>,
+) -> Result<Delivered, StorageError> {
     let id: MessageId = rand::random();
     let key = MasterKey::generate();
     let blob_name = format!("msg/{id:016x}");
@@ -58,13 +75,43 @@ pub async fn deliver(
     let env_bytes = rmp_serde::to_vec_named(&envelope).map_err(|e| StorageError::Invalid(e.to_string()))?;
     let item = public.seal(&env_bytes);
     let sk = format!("{id:016x}");
-    let (blob, queued) = futures::join!(
+    // Metadata for a message nobody sequences is never read: harmless if
+    // the delivery fails.
+    let meta = async {
+        match keys {
+            Some(k) => message::put_parsed(store, k, INBOX_ID, id, &key, raw, internal_date).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (blob, queued, meta) = futures::join!(
         store.put_blob_bytes(user, &blob_name, Bytes::from(sealed)),
         store.insert(user, PARTITION, &sk, item, None),
+        meta,
     );
     blob?;
     queued?;
-    Ok(id)
+    // The delivery stands even if the metadata failed: the scan files it.
+    let prepared = match meta {
+        Ok(m) => m.is_some(),
+        Err(e) => {
+            log::warn!("writing the metadata of a delivery: {e}; the queue scan will file it");
+            false
+        }
+    };
+    Ok(Delivered { message: id, prepared })
+}
+
+/// Sequences the Append of a message [`deliver`] prepared. Its queue item
+/// stays until the next scan, which sees the message filed and deletes it.
+pub async fn file_delivered(service: &Arc<MailService>, keys: &Arc<UserKeys>, message: MessageId) -> Result<(), StorageError> {
+    // The op id is the message id: a scan filing it too appends it once.
+    let op = (message, Op::Append { message, flags: vec![] });
+    service
+        .submit(keys, INBOX_ID, vec![op])
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    service.note_filed(&keys.user, message);
+    Ok(())
 }
 
 /// Files everything queued for the user into INBOX; returns how many
@@ -81,6 +128,10 @@ pub async fn file_incoming(service: &Arc<MailService>, store: &Store, keys: &Arc
                 continue;
             }
         };
+        if service.was_filed(&keys.user, env.message) {
+            store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
+            continue;
+        }
         let key = MasterKey::from_bytes(env.blob_key);
         let blob_name = format!("msg/{:016x}", env.message);
         let Some(reader) = store.get_blob(&keys.user, &blob_name).await? else {
@@ -108,6 +159,7 @@ pub async fn file_incoming(service: &Arc<MailService>, store: &Store, keys: &Arc
             .submit(keys, INBOX_ID, vec![op])
             .await
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        service.note_filed(&keys.user, env.message);
         store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
         filed += 1;
     }

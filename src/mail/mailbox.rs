@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, Mutex};
 use super::chain::{encode, is_prefix, Link, Records};
 use super::index::MailboxIndex;
 use super::log::{LogError, LogStorage};
-use super::model::{keys, Announcement, Checkpoint, Entry, Epoch, NodeSlot, Op, OpId, Outcome, Start};
+use super::model::{keys, Announcement, Checkpoint, Entry, Epoch, NodeSlot, Op, OpId, Outcome, Sequenced, Start};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MailError {
@@ -90,11 +90,21 @@ pub struct EngineConfig {
     pub mutation: Option<Mutation>,
 }
 
+/// What [`Mailbox::submit_here`] did.
+pub struct Submitted {
+    pub sequenced: Sequenced,
+    /// Sequenced by this node (else forwarded to the sequencer, which told
+    /// the other nodes itself).
+    pub here: bool,
+    /// This node's view shows the operations already.
+    pub shown: bool,
+}
+
 /// How a node reaches another node's sequencer.
 #[async_trait]
 pub trait Peers: Send + Sync + 'static {
     /// Asks `node` to sequence `ops` in `mailbox`.
-    async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError>;
+    async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Sequenced, MailError>;
 }
 
 /// What clients may see: a settled prefix of the chain, applied.
@@ -121,7 +131,7 @@ struct Inner {
     pending: Option<(Epoch, tokio::time::Instant)>,
 }
 
-type Waiter = (Vec<(OpId, Op)>, oneshot::Sender<Result<Vec<Outcome>, MailError>>);
+type Waiter = (Vec<(OpId, Op)>, oneshot::Sender<Result<Sequenced, MailError>>);
 
 pub struct Mailbox<S: LogStorage, P: Peers> {
     id: String,
@@ -206,8 +216,29 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         }
     }
 
+    /// Reads several prefixes at once (each from its own start key); one
+    /// round trip instead of one per prefix.
+    async fn read_all(&self, inner: &mut Inner, reads: &[(&str, &str)]) -> Result<(), MailError> {
+        let monotonic = !self.mutated(Mutation::NoReadRepair);
+        let all = futures::future::join_all(
+            reads.iter().map(|(prefix, from)| self.timed(self.storage.read(&self.id, prefix, from, monotonic))),
+        )
+        .await;
+        for recs in all {
+            for (k, v) in &recs? {
+                inner.records.ingest(k, v)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads entries, then starts and announcements, until the chain they
     /// define is complete. Returns the chain (None: no mailbox yet).
+    ///
+    /// Two round trips: the entries, then everything whose read must start
+    /// after the entry read completed (checkpoints, starts, announcements),
+    /// together: their order among themselves does not matter (concurrent
+    /// reads are as if issued in some order, and each order is safe).
     async fn read_log(&self, inner: &mut Inner) -> Result<Option<Vec<Link>>, MailError> {
         for _ in 0..16 {
             if self.mutated(Mutation::CheckpointsFirst) {
@@ -218,12 +249,21 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             // Checkpoints after the entries: entries are trimmed only once a
             // newer checkpoint is written, so whatever this entry read found
             // missing, this read finds covered.
-            if !self.mutated(Mutation::CheckpointsFirst) {
-                self.read_into(inner, keys::CHECKPOINT, keys::CHECKPOINT).await?;
+            // Starts and announcements after the entries: they decide
+            // whether the entries may be shown.
+            if self.mutated(Mutation::CheckpointsFirst) {
+                self.read_all(inner, &[(keys::START, keys::START), (keys::ANNOUNCE, keys::ANNOUNCE)]).await?;
+            } else {
+                self.read_all(
+                    inner,
+                    &[
+                        (keys::CHECKPOINT, keys::CHECKPOINT),
+                        (keys::START, keys::START),
+                        (keys::ANNOUNCE, keys::ANNOUNCE),
+                    ],
+                )
+                .await?;
             }
-            // After the entries: what decides whether they may be shown.
-            self.read_into(inner, keys::START, keys::START).await?;
-            self.read_into(inner, keys::ANNOUNCE, keys::ANNOUNCE).await?;
             match inner.records.chain() {
                 None if inner.records.starts.is_empty() => return Ok(None),
                 None => continue,
@@ -422,6 +462,39 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         f(inner.view.as_ref().map(|v| &v.index))
     }
 
+    /// Shows an entry its sequencer reports settled (it sends it only after
+    /// its announcement check passed), without reading the log: settled
+    /// entries are inside every later fence, so appending one to a view
+    /// that ends just before it in the same epoch keeps the view a settled
+    /// prefix of the chain. Anything else (a gap, another epoch, this node
+    /// sequencing itself) is left to `refresh`. True if the view shows the
+    /// entry afterwards.
+    pub async fn show_settled(&self, entry: Entry) -> bool {
+        let mut inner = self.inner.lock().await;
+        if inner.active.is_some() {
+            return false;
+        }
+        let Some(view) = inner.view.as_mut() else { return false };
+        let Some(last) = view.chain.last_mut() else { return false };
+        if last.epoch != entry.epoch || entry.seq > last.upto + 1 {
+            return false;
+        }
+        if entry.seq <= last.upto {
+            return true;
+        }
+        view.index.apply(&entry);
+        last.upto = entry.seq;
+        inner.records.entries.insert((entry.epoch, entry.seq), entry);
+        true
+    }
+
+    /// Whether the settled view includes the entry stored under `key`.
+    pub async fn shows_entry(&self, key: &str) -> bool {
+        let Some((epoch, seq)) = keys::parse_entry(key) else { return false };
+        let inner = self.inner.lock().await;
+        inner.view.as_ref().is_some_and(|v| v.chain.iter().any(|l| l.epoch == epoch && seq <= l.upto))
+    }
+
     /// The node that sequences this mailbox, as far as this node knows.
     pub async fn sequencer(&self) -> Option<NodeSlot> {
         let inner = self.inner.lock().await;
@@ -468,7 +541,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
 
     /// Orders `ops` on this node (taking over if it is not the sequencer).
     /// Concurrent callers share one log entry (group commit).
-    pub async fn sequence(&self, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+    pub async fn sequence(&self, ops: Vec<(OpId, Op)>) -> Result<Sequenced, MailError> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut q) = self.queue.lock() {
             q.push((ops, tx));
@@ -484,7 +557,13 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                 let result = self.sequence_locked(&mut inner, all).await;
                 let mut offset = 0;
                 for (ops, tx) in batch {
-                    let mine = result.as_ref().map(|o| o[offset..offset + ops.len()].to_vec()).map_err(Clone::clone);
+                    let mine = result
+                        .as_ref()
+                        .map(|(o, entry)| Sequenced {
+                            outcomes: o[offset..offset + ops.len()].to_vec(),
+                            entry: Some(entry.clone()),
+                        })
+                        .map_err(Clone::clone);
                     offset += ops.len();
                     let _ = tx.send(mine);
                 }
@@ -493,7 +572,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         rx.await.unwrap_or_else(|_| Err(MailError::Unavailable("sequencer stopped".into())))
     }
 
-    async fn sequence_locked(&self, inner: &mut Inner, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+    async fn sequence_locked(&self, inner: &mut Inner, ops: Vec<(OpId, Op)>) -> Result<(Vec<Outcome>, Entry), MailError> {
         if inner.active.as_ref().is_some_and(|a| a.in_flight) {
             inner.active = None;
         }
@@ -543,9 +622,9 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             }
             out
         };
-        inner.records.entries.insert((epoch, seq), entry);
+        inner.records.entries.insert((epoch, seq), entry.clone());
         self.maybe_checkpoint(inner, epoch, seq).await;
-        Ok(outcomes)
+        Ok((outcomes, entry))
     }
 
     /// What a client's operation goes through on any node: sent to the
@@ -554,6 +633,12 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
     /// sequencer stays unreachable, this node takes over. Operation ids make
     /// the retries safe: an op already applied is not applied again.
     pub async fn submit(&self, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+        Ok(self.submit_here(ops).await?.sequenced.outcomes)
+    }
+
+    /// [`Self::submit`], also saying where the operations were sequenced
+    /// and whether this node's view shows them already.
+    pub async fn submit_here(&self, ops: Vec<(OpId, Op)>) -> Result<Submitted, MailError> {
         if self.inner.lock().await.records.starts.is_empty() {
             // Never read: learn who sequences before anything else.
             let _ = self.refresh().await;
@@ -576,7 +661,14 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                 }
             };
             match result {
-                Ok(outcomes) => return Ok(outcomes),
+                Ok(sequenced) if local => return Ok(Submitted { sequenced, here: true, shown: true }),
+                Ok(sequenced) => {
+                    let shown = match &sequenced.entry {
+                        Some(e) => self.show_settled(e.clone()).await,
+                        None => false,
+                    };
+                    return Ok(Submitted { sequenced, here: false, shown });
+                }
                 Err(e @ (MailError::Invalid(_) | MailError::Corrupt(_))) => return Err(e),
                 Err(e) => {
                     last = e;

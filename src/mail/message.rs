@@ -349,8 +349,16 @@ pub async fn store_message(
     let key = UserKeys::new_blob_key();
     let sealed = BlobEncryptor::seal_all(&key, blob_key(id).as_bytes(), raw);
     let meta = parse_meta(raw, internal_date);
-    store.put_blob_bytes(&keys.user, &blob_key(id), Bytes::from(sealed)).await?;
-    put_meta(store, keys, mailbox, id, &key, &meta).await?;
+    // Both at once (one round trip, not two): nothing refers to either
+    // until the caller sequences the Append, which it does only if both
+    // are stored.
+    let blob_key = blob_key(id);
+    let (blob, item) = futures::join!(
+        store.put_blob_bytes(&keys.user, &blob_key, Bytes::from(sealed)),
+        put_meta(store, keys, mailbox, id, &key, &meta)
+    );
+    blob?;
+    item?;
     Ok((id, meta))
 }
 

@@ -20,6 +20,6 @@ pub mod usage;
 
 pub use index::{MailboxIndex, Message};
 pub use log::{LogError, LogStorage, StoreLog};
-pub use mailbox::{EngineConfig, MailError, Mailbox, Mutation, Peers};
+pub use mailbox::{EngineConfig, MailError, Mailbox, Mutation, Peers, Submitted};
 pub use service::MailService;
-pub use model::{Epoch, FlagMode, MessageId, ModSeq, NodeSlot, Op, OpId, Outcome, Uid};
+pub use model::{Entry, Epoch, FlagMode, MessageId, ModSeq, NodeSlot, Op, OpId, Outcome, Sequenced, Uid};

@@ -73,6 +73,15 @@ pub struct Outcome {
     pub modified: Vec<Uid>,
 }
 
+/// What a sequencer answers: the outcomes of the operations asked for, and
+/// the entry that holds them, settled (written, then checked), so that the
+/// asking node can show it without reading the log back.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Sequenced {
+    pub outcomes: Vec<Outcome>,
+    pub entry: Option<Entry>,
+}
+
 /// One record of a mailbox's log: a batch of operations the sequencer of
 /// `epoch` ordered at position `seq` (group commit: one write, many ops).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

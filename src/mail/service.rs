@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::log::StoreLog;
 use super::mailbox::{EngineConfig, MailError, Mailbox, Peers};
-use super::model::{NodeSlot, Op, OpId, Outcome};
+use super::model::{Entry, NodeSlot, Op, OpId, Outcome, Sequenced};
 use crate::accounts::UserKeys;
 use crate::storage::{PeerEndpoint, PeerId, PeerMessage, PeerRpc, Store, UserId};
 
@@ -37,7 +37,7 @@ pub struct SequenceRequest {
 }
 
 impl PeerMessage for SequenceRequest {
-    type Response = Result<Vec<Outcome>, MailError>;
+    type Response = Result<Sequenced, MailError>;
     const PATH: &'static str = "estafette/mail/Sequence";
 }
 
@@ -47,7 +47,16 @@ impl PeerMessage for SequenceRequest {
 pub struct Changed {
     user: [u8; 32],
     mailbox: String,
+    /// The settled entry that made the change, when small: a node with
+    /// the mailbox open shows it without reading the log.
+    entry: Option<Entry>,
 }
+
+/// How long the long-poll waits for a push before it wakes watchers itself.
+const PUSH_GRACE: Duration = Duration::from_secs(1);
+
+/// Entries larger than this are announced without their content.
+const CHANGED_ENTRY_MAX: usize = 64 * 1024;
 
 impl PeerMessage for Changed {
     type Response = ();
@@ -66,11 +75,21 @@ impl PeerMessage for Incoming {
     const PATH: &'static str = "estafette/mail/Incoming";
 }
 
+/// What a mailbox's watchers learn. `seq` moves on every change; `stale`
+/// only when this node's view may be behind the log (a change sequenced on
+/// another node, or found by the long-poll). A change sequenced here is in
+/// the shared view already: sessions need to tell it, not to read the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub seq: u64,
+    pub stale: u64,
+}
+
 struct Open {
     mailbox: Arc<EngineMailbox>,
     /// The owner's keys, held while the engine is open.
     keys: Arc<UserKeys>,
-    changes: watch::Sender<u64>,
+    changes: watch::Sender<Changes>,
     /// The storage long-poll, while anyone watches.
     poller: Option<tokio::task::JoinHandle<()>>,
 }
@@ -94,6 +113,11 @@ pub struct MailService {
     slots: Vec<PeerId>,
     cfg: EngineConfig,
     open: Mutex<HashMap<(UserId, String), Open>>,
+    /// Users whose queue is being scanned here; true: scan again after.
+    filing: Mutex<HashMap<UserId, bool>>,
+    /// Messages recently filed by this node, per user: the queue scan
+    /// only deletes their items.
+    filed: Mutex<HashMap<UserId, std::collections::VecDeque<super::model::MessageId>>>,
     // Always Some once `new` returned Ok.
     sequence_ep: Option<PeerEndpoint<SequenceRequest>>,
     changed_ep: Option<PeerEndpoint<Changed>>,
@@ -108,7 +132,7 @@ pub struct RpcPeers {
 
 #[async_trait]
 impl Peers for RpcPeers {
-    async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Vec<Outcome>, MailError> {
+    async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Sequenced, MailError> {
         let service = self.service.upgrade().ok_or_else(|| MailError::Unavailable("shutting down".into()))?;
         let peer = *service
             .slots
@@ -165,7 +189,7 @@ impl MailService {
                 let w = w.clone();
                 Box::pin(async move {
                     if let Some(service) = w.upgrade() {
-                        service.bump(&UserId(msg.user), &msg.mailbox);
+                        service.changed_elsewhere(msg).await;
                     }
                     Ok(())
                 })
@@ -194,6 +218,8 @@ impl MailService {
                 slots,
                 cfg,
                 open: Mutex::new(HashMap::new()),
+                filing: Mutex::new(HashMap::new()),
+                filed: Mutex::new(HashMap::new()),
                 sequence_ep,
                 changed_ep,
                 incoming_ep,
@@ -211,12 +237,28 @@ impl MailService {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*user, mailbox.to_string()));
     }
 
-    async fn handle_sequence(self: &Arc<Self>, req: SequenceRequest) -> Result<Vec<Outcome>, MailError> {
+    async fn handle_sequence(self: &Arc<Self>, req: SequenceRequest) -> Result<Sequenced, MailError> {
         let keys = UserKeys::import(UserId(req.user), &req.keys).map_err(|e| MailError::Invalid(e.to_string()))?;
         let mb = self.mailbox(&Arc::new(keys), &req.mailbox);
         let out = mb.sequence(req.ops).await?;
-        self.announce_change(&UserId(req.user), &req.mailbox);
+        self.announce_change(&UserId(req.user), &req.mailbox, true, out.entry.as_ref());
         Ok(out)
+    }
+
+    /// Another node changed a mailbox: show its settled entry if the
+    /// mailbox is open here and the entry follows the view; otherwise mark
+    /// the view stale (watchers then read the log).
+    async fn changed_elsewhere(&self, msg: Changed) {
+        let user = UserId(msg.user);
+        let mb = {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.get(&(user, msg.mailbox.clone())).map(|o| o.mailbox.clone())
+        };
+        let shown = match (mb, msg.entry) {
+            (Some(mb), Some(entry)) => mb.show_settled(entry).await,
+            _ => false,
+        };
+        self.bump(&user, &msg.mailbox, !shown);
     }
 
     /// The engine of one mailbox on this node (opened on first use; kept
@@ -232,7 +274,7 @@ impl MailService {
             Open {
                 mailbox: Arc::new(Mailbox::new(mailbox, self.cfg.clone(), storage, peers)),
                 keys: keys.clone(),
-                changes: watch::channel(0).0,
+                changes: watch::channel(Changes::default()).0,
                 poller: None,
             }
         });
@@ -243,7 +285,7 @@ impl MailService {
     /// IDLE waits on it, then refreshes. Changes are pushed by the
     /// sequencer over the node RPC; as a fallback (a push lost with a
     /// connection), the first watcher also long-polls the log in storage.
-    pub fn watch(self: &Arc<Self>, keys: &Arc<UserKeys>, mailbox: &str) -> watch::Receiver<u64> {
+    pub fn watch(self: &Arc<Self>, keys: &Arc<UserKeys>, mailbox: &str) -> watch::Receiver<Changes> {
         self.mailbox(keys, mailbox);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.get_mut(&(keys.user, mailbox.to_string())) {
@@ -254,7 +296,7 @@ impl MailService {
                 }
                 rx
             }
-            None => watch::channel(0).1,
+            None => watch::channel(Changes::default()).1,
         }
     }
 
@@ -283,9 +325,30 @@ impl MailService {
                         // The first answer is a snapshot: waking on it may be
                         // spurious, which costs one refresh; missing an entry
                         // written just before it would cost a lost wake-up.
-                        if !items.is_empty() {
-                            if let Some(s) = me.upgrade() {
-                                s.bump(&keys.user, &mailbox);
+                        if let Some(s) = me.upgrade() {
+                            let mb = s.mailbox(&keys, &mailbox);
+                            // The poll sees an entry as soon as it is written,
+                            // before its sequencer has checked it and pushed it
+                            // here: give the push a moment, so that only
+                            // entries it failed to bring cost a log read.
+                            let mut unshown = vec![];
+                            for item in &items {
+                                if !mb.shows_entry(&item.sort_key).await {
+                                    unshown.push(item.sort_key.clone());
+                                }
+                            }
+                            if !unshown.is_empty() {
+                                tokio::time::sleep(PUSH_GRACE).await;
+                                let mut news = false;
+                                for key in &unshown {
+                                    if !mb.shows_entry(key).await {
+                                        news = true;
+                                        break;
+                                    }
+                                }
+                                if news {
+                                    s.bump(&keys.user, &mailbox, true);
+                                }
                             }
                         }
                         marker = Some(m);
@@ -300,18 +363,28 @@ impl MailService {
         })
     }
 
-    fn bump(&self, user: &UserId, mailbox: &str) {
+    /// Wakes the mailbox's watchers; `stale`: their view may be behind.
+    fn bump(&self, user: &UserId, mailbox: &str, stale: bool) {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = open.get(&(*user, mailbox.to_string())) {
-            o.changes.send_modify(|n| *n += 1);
+            o.changes.send_modify(|c| {
+                c.seq += 1;
+                if stale {
+                    c.stale += 1;
+                }
+            });
         }
     }
 
-    fn announce_change(self: &Arc<Self>, user: &UserId, mailbox: &str) {
-        self.bump(user, mailbox);
+    /// `shown`: the change is in this node's view already. `entry`: the
+    /// settled entry, passed on to the other nodes if small.
+    fn announce_change(self: &Arc<Self>, user: &UserId, mailbox: &str, shown: bool, entry: Option<&Entry>) {
+        self.bump(user, mailbox, !shown);
+        let entry = entry.filter(|e| rmp_serde::to_vec(e).is_ok_and(|b| b.len() <= CHANGED_ENTRY_MAX)).cloned();
         let msg = Changed {
             user: user.0,
             mailbox: mailbox.to_string(),
+            entry,
         };
         for peer in self.rpc.connected_peers() {
             let (me, msg) = (self.clone(), msg.clone());
@@ -331,10 +404,28 @@ impl MailService {
         mailbox: &str,
         ops: Vec<(OpId, Op)>,
     ) -> Result<Vec<Outcome>, MailError> {
+        Ok(self.submit_shown(keys, mailbox, ops).await?.0)
+    }
+
+    /// [`Self::submit`], also saying whether this node's view of the
+    /// mailbox already shows the result (it was sequenced here); if not,
+    /// a caller that needs the result in the view refreshes.
+    pub async fn submit_shown(
+        self: &Arc<Self>,
+        keys: &Arc<UserKeys>,
+        mailbox: &str,
+        ops: Vec<(OpId, Op)>,
+    ) -> Result<(Vec<Outcome>, bool), MailError> {
         let mb = self.mailbox(keys, mailbox);
-        let out = mb.submit(ops).await?;
-        self.announce_change(&keys.user, mailbox);
-        Ok(out)
+        let s = mb.submit_here(ops).await?;
+        if s.here {
+            self.announce_change(&keys.user, mailbox, true, s.sequenced.entry.as_ref());
+        } else {
+            // The sequencer told every node, this one too; but its message
+            // may arrive after this node's sessions look.
+            self.bump(&keys.user, mailbox, !s.shown);
+        }
+        Ok((s.sequenced.outcomes, s.shown))
     }
 
     /// The keys of `user` if an engine of theirs is open on this node.
@@ -346,13 +437,52 @@ impl MailService {
     /// Files the user's queued mail if this node holds their keys.
     fn file_if_holding(self: &Arc<Self>, user: &UserId) -> bool {
         let Some(keys) = self.keys_for(user) else { return false };
+        self.file_queued(keys);
+        true
+    }
+
+    /// Files the user's queued mail in the background. Scans do not pile
+    /// up: while one runs, further requests make it run once more.
+    pub fn file_queued(self: &Arc<Self>, keys: Arc<UserKeys>) {
+        {
+            let mut f = self.filing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = f.get_mut(&keys.user) {
+                *again = true;
+                return;
+            }
+            f.insert(keys.user, false);
+        }
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = super::incoming::file_incoming(&me, &me.store, &keys).await {
-                log::warn!("filing queued mail: {e}");
+            loop {
+                if let Err(e) = super::incoming::file_incoming(&me, &me.store, &keys).await {
+                    log::warn!("filing queued mail: {e}");
+                }
+                let mut f = me.filing.lock().unwrap_or_else(|p| p.into_inner());
+                match f.get_mut(&keys.user) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        f.remove(&keys.user);
+                        return;
+                    }
+                }
             }
         });
-        true
+    }
+
+    /// Remembers that this node filed `message` (bounded per user).
+    pub fn note_filed(&self, user: &UserId, message: super::model::MessageId) {
+        let mut f = self.filed.lock().unwrap_or_else(|p| p.into_inner());
+        let q = f.entry(*user).or_default();
+        q.push_back(message);
+        while q.len() > 4096 {
+            q.pop_front();
+        }
+    }
+
+    pub fn was_filed(&self, user: &UserId, message: super::model::MessageId) -> bool {
+        let f = self.filed.lock().unwrap_or_else(|p| p.into_inner());
+        f.get(user).is_some_and(|q| q.contains(&message))
     }
 
     /// After a delivery to a user with no session here: file it now if

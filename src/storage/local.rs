@@ -49,6 +49,7 @@ pub fn configs(dir: &Path, ports: &[u16], rf: usize) -> Vec<Config> {
                     public_addr: None,
                     secret: Some(secret.clone()),
                     secret_file: None,
+                    bind_outgoing: false,
                 },
                 cluster: ClusterConfig {
                     replication_factor: rf,

@@ -15,6 +15,7 @@
 mod blobs;
 mod items;
 mod listing;
+mod liveness;
 pub mod local;
 pub mod node;
 mod nodekey;

@@ -103,6 +103,7 @@ fn garage_config(config: &Config, secret: &str) -> Result<garage_util::config::C
     t.insert("rpc_bind_addr".into(), config.rpc.bind.to_string().into());
     t.insert("rpc_public_addr".into(), config.rpc_public_addr().to_string().into());
     t.insert("rpc_secret".into(), secret.into());
+    t.insert("rpc_bind_outgoing".into(), config.rpc.bind_outgoing.into());
     t.insert(
         "bootstrap_peers".into(),
         toml::Value::Array(peers.into_iter().map(toml::Value::String).collect()),
@@ -168,7 +169,15 @@ impl Node {
 
         let peer_rpc = PeerRpc::new(garage.system.clone());
         let ping = PingService::register(&peer_rpc)?;
-        let run_system = tokio::spawn(garage.system.clone().run(stop_rx));
+        let run_system = tokio::spawn(garage.system.clone().run(stop_rx.clone()));
+        let layout_peers = config
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.name != config.node.name)
+            .map(|n| (nodekey::node_id(&secret, &n.name), n.rpc_addr))
+            .collect();
+        super::liveness::spawn(peer_rpc.clone(), ping.clone(), layout_peers, stop_rx);
 
         let mut ports: Vec<u16> = config.cluster.nodes.iter().map(|n| n.rpc_addr.port()).collect();
         ports.push(config.rpc.bind.port());

@@ -109,6 +109,20 @@ impl PeerRpc {
             .collect()
     }
 
+    /// Closes our outgoing connection to `peer` (Garage's peering dials it
+    /// again by itself). Requests to it fail at once until it is back.
+    pub fn disconnect(&self, peer: PeerId) {
+        if let Some(id) = NodeID::from_slice(&peer) {
+            self.system.netapp.disconnect(&id);
+        }
+    }
+
+    /// Dials `peer` at `addr` unless already connected; Ok once connected.
+    pub async fn dial(&self, peer: PeerId, addr: std::net::SocketAddr) -> Result<(), StorageError> {
+        let id = NodeID::from_slice(&peer).ok_or_else(|| StorageError::Invalid("not a node id".into()))?;
+        self.system.netapp.clone().try_connect(addr, id).await.map_err(|e| StorageError::Unavailable(e.to_string()))
+    }
+
     /// Registers the handler for `M` on this node (once per type and node)
     /// and returns the endpoint to send `M` to peers.
     pub fn register<M, F>(&self, handler: F) -> Result<PeerEndpoint<M>, StorageError>
@@ -165,11 +179,17 @@ impl PingService {
 
     /// Round-trip time to `peer`, checked by echo of a random nonce.
     pub async fn rtt(&self, peer: Uuid) -> Result<Duration, StorageError> {
-        let nonce: u64 = rand::random();
         let mut id = [0u8; 32];
         id.copy_from_slice(peer.as_slice());
+        self.ping(id, Duration::from_secs(5)).await
+    }
+
+    /// Round-trip time to `peer`, if it answers within `timeout`.
+    pub async fn ping(&self, peer: PeerId, timeout: Duration) -> Result<Duration, StorageError> {
+        let nonce: u64 = rand::random();
+        let id = peer;
         let start = Instant::now();
-        let echoed = self.endpoint.call(id, Ping { nonce }, Duration::from_secs(5)).await?;
+        let echoed = self.endpoint.call(id, Ping { nonce }, timeout).await?;
         if echoed != nonce {
             return Err(StorageError::Corrupt("ping answered with a wrong nonce".into()));
         }
