@@ -333,7 +333,7 @@ async fn filing_leaves_a_delivery_whose_body_is_still_being_written() {
     let pk = estafette::accounts::keys::public_key(&store, &uid).await.unwrap().unwrap();
     // The queue entry has landed, the body not yet (they are written
     // concurrently): filing now must neither file nor drop it.
-    let id = incoming::deliver(&store, &uid, &pk, b"Subject: slow\r\n\r\nbig body\r\n", chrono::Utc::now().timestamp(), None)
+    let id = incoming::deliver(&store, &uid, &pk, b"Subject: slow\r\n\r\nbig body\r\n", chrono::Utc::now().timestamp(), None, 0)
         .await
         .unwrap()
         .message;

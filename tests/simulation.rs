@@ -791,11 +791,15 @@ fn invariants_hold_over_many_seeds() {
 
 #[test]
 fn a_seed_replays_identically() {
-    let a = run_seed(4242, None, true);
-    let b = run_seed(4242, None, true);
+    // The first seed from 4242 on whose clients observed something (some
+    // seeds fail every operation: a crash and a cut in the first steps).
+    let (seed, a) = (4242..4262)
+        .map(|seed| (seed, run_seed(seed, None, true)))
+        .find(|(_, a)| a.observations > 0)
+        .expect("a seed with observations");
+    let b = run_seed(seed, None, true);
     assert!(a.trace.len() > 10, "the run did something");
     assert_eq!(a.trace, b.trace, "same seed, same run");
-    assert!(a.observations > 0);
 }
 
 #[test]

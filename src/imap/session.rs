@@ -51,7 +51,7 @@ enum Done {
 impl From<MailError> for Done {
     fn from(e: MailError) -> Self {
         match e {
-            MailError::Unavailable(m) => Done::No(format!("[UNAVAILABLE] {m}; try again")),
+            MailError::Unavailable(m) | MailError::Contended(m) => Done::No(format!("[UNAVAILABLE] {m}; try again")),
             MailError::Invalid(m) => Done::No(m),
             MailError::Corrupt(m) => Done::No(format!("[SERVERBUG] {m}")),
         }
@@ -83,6 +83,9 @@ struct User {
     login: String,
     keys: Arc<UserKeys>,
     mailboxes: Mailboxes,
+    /// Held for the session's life: while any is, the user counts as
+    /// active on this node (LMTP files their mail at once).
+    _session: crate::accounts::Session,
 }
 
 struct Selected {
@@ -413,8 +416,10 @@ impl Session {
             CommandBody::Status { mailbox, item_names } => {
                 let name = self.name_in(&mailbox);
                 let items: Vec<StatusDataItemName> = item_names.to_vec();
-                let Some(info) = self.find(&name).await? else {
-                    return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
+                let info = match self.find(&name).await {
+                    Ok(Some(i)) => i,
+                    Ok(None) => return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}"))),
+                    Err(d) => return Ok(d),
                 };
                 match self.status_line(&info, &items).await {
                     Ok(line) => {
@@ -438,8 +443,10 @@ impl Session {
             // the operator (users file), not by clients.
             CommandBody::GetQuotaRoot { mailbox } => {
                 let name = self.name_in(&mailbox);
-                if self.find(&name).await?.is_none() {
-                    return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
+                match self.find(&name).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}"))),
+                    Err(d) => return Ok(d),
                 }
                 let mut line = b"* QUOTAROOT ".to_vec();
                 line.extend_from_slice(&self.name_out(&name));
@@ -547,11 +554,12 @@ impl Session {
                     login: s.login().to_string(),
                     keys: keys.clone(),
                     mailboxes: Mailboxes::new(self.imap.store.clone(), keys.clone()),
+                    _session: s,
                 });
                 // Mail delivered while the user was away goes into INBOX
                 // now; the session sees it arrive like any new mail.
                 self.imap.mail.file_queued(keys);
-                log::info!("IMAP login of {} from {}", s.login(), self.peer);
+                log::info!("IMAP login of {} from {}", self.user().login, self.peer);
                 Done::Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
             }
             Err(AccountsError::AuthFailed) => Done::No("[AUTHENTICATIONFAILED] Authentication failed".into()),
@@ -589,8 +597,10 @@ impl Session {
         Ok(Done::Ok("ENABLE completed".into()))
     }
 
-    async fn find(&mut self, name: &str) -> Result<Option<MailboxInfo>, ConnError> {
-        Ok(self.user().mailboxes.find(name).await.ok().flatten())
+    /// The mailbox called `name`, if any. A list that cannot be read is an
+    /// error for the client to retry, never a "no such mailbox".
+    async fn find(&mut self, name: &str) -> Result<Option<MailboxInfo>, Done> {
+        self.user().mailboxes.find(name).await.map_err(Done::from)
     }
 
     /// The engine of a mailbox, brought up to date; a mailbox never
@@ -618,8 +628,10 @@ impl Session {
             self.conn.write(b"* OK [CLOSED] Previous mailbox closed\r\n").await?;
         }
         let name = self.name_in(mailbox);
-        let Some(info) = self.find(&name).await? else {
-            return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}")));
+        let info = match self.find(&name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(Done::No(format!("[NONEXISTENT] no mailbox {name}"))),
+            Err(d) => return Ok(d),
         };
         // Watch before reading the log: a change announced in between is
         // then either in the read or still marked.
@@ -1124,8 +1136,10 @@ impl Session {
 
     async fn append(&mut self, mailbox: &ImapMailbox<'_>, flags: Vec<String>, date: Option<i64>, raw: Vec<u8>) -> Result<Done, ConnError> {
         let name = self.name_in(mailbox);
-        let Some(info) = self.find(&name).await? else {
-            return Ok(Done::No(format!("[TRYCREATE] no mailbox {name}")));
+        let info = match self.find(&name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(Done::No(format!("[TRYCREATE] no mailbox {name}"))),
+            Err(d) => return Ok(d),
         };
         if raw.is_empty() {
             return Ok(Done::No("An empty message cannot be appended".into()));
@@ -1432,8 +1446,10 @@ impl Session {
     async fn copy(&mut self, set: SequenceSet, target: &ImapMailbox<'_>, uid: bool, mv: bool) -> Result<Done, ConnError> {
         let word = if mv { "MOVE" } else { "COPY" };
         let name = self.name_in(target);
-        let Some(dest) = self.find(&name).await? else {
-            return Ok(Done::No(format!("[TRYCREATE] no mailbox {name}")));
+        let dest = match self.find(&name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(Done::No(format!("[TRYCREATE] no mailbox {name}"))),
+            Err(d) => return Ok(d),
         };
         let targets = self.resolve(&set, uid);
         let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };

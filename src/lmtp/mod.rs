@@ -354,7 +354,7 @@ impl Lmtp {
             // The recipient has a session here: the message goes into INBOX
             // now, without being read back from the queue.
             let keys = self.accounts.active_keys(&r.login);
-            match incoming::deliver(&self.store, &r.user, &r.public, &msg, now.timestamp(), keys.as_ref()).await {
+            match incoming::deliver(&self.store, &r.user, &r.public, &msg, now.timestamp(), keys.as_ref(), self.mail.node_slot()).await {
                 Ok(delivered) => {
                     self.mail.usage.add(&r.user, msg.len() as u64);
                     match keys {

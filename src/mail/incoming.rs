@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mailboxes::INBOX_ID;
 use super::message;
-use super::model::{MessageId, Op};
+use super::model::{MessageId, NodeSlot, Op};
 use super::service::MailService;
 use crate::accounts::UserKeys;
 use crate::crypto::{BlobEncryptor, MasterKey, PublicKey};
@@ -41,6 +41,25 @@ struct Envelope {
     message: MessageId,
     blob_key: [u8; 32],
     internal_date: i64,
+    /// The node that files this message itself (it held the keys at
+    /// delivery); other nodes' scans leave it alone for a while.
+    #[serde(default)]
+    filer: Option<NodeSlot>,
+}
+
+/// How long other nodes leave a delivery to the node filing it itself;
+/// after that (that node died, or failed), any scan files it.
+pub const FILER_GRACE_SECS: i64 = 20;
+
+/// What a queue scan did.
+pub struct Scan {
+    pub filed: usize,
+    /// Deliveries left for later (to the node filing them, or whose body
+    /// is still being written): scan again after the grace.
+    pub waiting: bool,
+    /// Messages that could not be filed (storage or sequencer unavailable):
+    /// scan again soon.
+    pub failed: usize,
 }
 
 /// What [`deliver`] stored.
@@ -62,6 +81,7 @@ pub async fn deliver(
     raw: &[u8],
     internal_date: i64,
     keys: Option<&Arc<UserKeys>>,
+    filer: NodeSlot,
 ) -> Result<Delivered, StorageError> {
     let id: MessageId = rand::random();
     let key = MasterKey::generate();
@@ -71,6 +91,7 @@ pub async fn deliver(
         message: id,
         blob_key: *key.to_bytes(),
         internal_date,
+        filer: keys.map(|_| filer),
     };
     let env_bytes = rmp_serde::to_vec_named(&envelope).map_err(|e| StorageError::Invalid(e.to_string()))?;
     let item = public.seal(&env_bytes);
@@ -106,64 +127,118 @@ pub async fn deliver(
 pub async fn file_delivered(service: &Arc<MailService>, keys: &Arc<UserKeys>, message: MessageId) -> Result<(), StorageError> {
     // The op id is the message id: a scan filing it too appends it once.
     let op = (message, Op::Append { message, flags: vec![] });
-    service
-        .submit(keys, INBOX_ID, vec![op])
-        .await
-        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-    service.note_filed(&keys.user, message);
-    Ok(())
+    match service.submit(keys, INBOX_ID, vec![op]).await {
+        Ok(_) => {
+            service.note_filed(&keys.user, message);
+            Ok(())
+        }
+        Err(e) => {
+            service.note_direct_failure(&keys.user, message);
+            Err(StorageError::Unavailable(e.to_string()))
+        }
+    }
 }
 
 /// Files everything queued for the user into INBOX; returns how many
 /// messages were filed. Safe to run on several nodes at once.
 pub async fn file_incoming(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>) -> Result<usize, StorageError> {
-    let items = store.range(&keys.user, PARTITION, &Range::default()).await?;
-    let mut filed = 0;
-    for it in items {
-        let Some(sealed) = it.values.first() else { continue };
-        let env: Envelope = match keys.unseal(sealed).ok().and_then(|b| rmp_serde::from_slice(&b).ok()) {
-            Some(e) => e,
-            None => {
-                log::error!("an incoming item of a user does not open with their key; left in place");
-                continue;
-            }
-        };
-        if service.was_filed(&keys.user, env.message) {
-            store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
-            continue;
-        }
-        let key = MasterKey::from_bytes(env.blob_key);
-        let blob_name = format!("msg/{:016x}", env.message);
-        let Some(reader) = store.get_blob(&keys.user, &blob_name).await? else {
-            // The body and the queue entry are written concurrently: a
-            // delivery may still be under way. Only an old entry without a
-            // body is an orphan (the body write failed, LMTP answered 451
-            // and the sender retried): drop it then.
-            let age = chrono::Utc::now().timestamp() - env.internal_date;
-            if age > ORPHAN_AFTER_SECS {
-                store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
-            }
-            continue;
-        };
-        let mut dec = crate::crypto::BlobDecryptor::new(&key, blob_name.as_bytes());
-        let mut raw = Vec::with_capacity(reader.size as usize);
-        let mut chunks = reader.chunks;
-        while let Some(c) = chunks.next().await {
-            raw.extend(dec.push(&c?).map_err(|e| StorageError::Corrupt(e.to_string()))?);
-        }
-        dec.finish().map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        message::put_parsed(store, keys, INBOX_ID, env.message, &key, &raw, env.internal_date).await?;
-        // The op id is the message id: racing filers append it once.
-        let op = (env.message, Op::Append { message: env.message, flags: vec![] });
-        service
-            .submit(keys, INBOX_ID, vec![op])
-            .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        service.note_filed(&keys.user, env.message);
-        store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
-        filed += 1;
+    let s = scan(service, store, keys).await?;
+    if s.failed > 0 {
+        return Err(StorageError::Unavailable(format!("{} queued message(s) could not be filed yet", s.failed)));
     }
-    Ok(filed)
+    Ok(s.filed)
+}
+
+/// [`file_incoming`], also saying what was left for later. Items are
+/// filed several at once (their Appends share sequencer entries); one that
+/// fails does not stop the others.
+pub async fn scan(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>) -> Result<Scan, StorageError> {
+    let items = store.range(&keys.user, PARTITION, &Range::default()).await?;
+    let results: Vec<Result<Step, StorageError>> = futures::stream::iter(items)
+        .map(|it| file_one(service, store, keys, it))
+        .buffer_unordered(FILE_AT_ONCE)
+        .collect()
+        .await;
+    let mut scan = Scan { filed: 0, waiting: false, failed: 0 };
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(Step::Filed) => scan.filed += 1,
+            Ok(Step::Waiting) => scan.waiting = true,
+            Ok(Step::Done) => {}
+            Err(e) => {
+                scan.failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        log::warn!("filing queued mail: {} message(s) failed, first: {e}", scan.failed);
+    }
+    Ok(scan)
+}
+
+/// Queue items filed at once by one scan.
+const FILE_AT_ONCE: usize = 8;
+
+enum Step {
+    Filed,
+    /// Left to the node filing it, or its body is not there yet.
+    Waiting,
+    /// Nothing to do, or only the item to delete.
+    Done,
+}
+
+async fn file_one(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>, it: crate::storage::Item) -> Result<Step, StorageError> {
+    let Some(sealed) = it.values.first() else { return Ok(Step::Done) };
+    let env: Envelope = match keys.unseal(sealed).ok().and_then(|b| rmp_serde::from_slice(&b).ok()) {
+        Some(e) => e,
+        None => {
+            log::error!("an incoming item of a user does not open with their key; left in place");
+            return Ok(Step::Done);
+        }
+    };
+    if service.was_filed(&keys.user, env.message) {
+        store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
+        return Ok(Step::Done);
+    }
+    // A delivery its node files itself (this one too, unless it failed) is
+    // left alone for a while; a later scan deletes its item.
+    let age = chrono::Utc::now().timestamp() - env.internal_date;
+    let mine_failed = env.filer == Some(service.node_slot()) && service.take_direct_failure(&keys.user, env.message);
+    if env.filer.is_some() && age < FILER_GRACE_SECS && !mine_failed {
+        return Ok(Step::Waiting);
+    }
+    let key = MasterKey::from_bytes(env.blob_key);
+    let blob_name = format!("msg/{:016x}", env.message);
+    let Some(reader) = store.get_blob(&keys.user, &blob_name).await? else {
+        // The body and the queue entry are written concurrently: a
+        // delivery may still be under way. Only an old entry without a
+        // body is an orphan (the body write failed, LMTP answered 451
+        // and the sender retried): drop it then.
+        if age > ORPHAN_AFTER_SECS {
+            store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
+            return Ok(Step::Done);
+        }
+        return Ok(Step::Waiting);
+    };
+    let mut dec = crate::crypto::BlobDecryptor::new(&key, blob_name.as_bytes());
+    let mut raw = Vec::with_capacity(reader.size as usize);
+    let mut chunks = reader.chunks;
+    while let Some(c) = chunks.next().await {
+        raw.extend(dec.push(&c?).map_err(|e| StorageError::Corrupt(e.to_string()))?);
+    }
+    dec.finish().map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    message::put_parsed(store, keys, INBOX_ID, env.message, &key, &raw, env.internal_date).await?;
+    // The op id is the message id: racing filers append it once.
+    let op = (env.message, Op::Append { message: env.message, flags: vec![] });
+    service
+        .submit(keys, INBOX_ID, vec![op])
+        .await
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    service.note_filed(&keys.user, env.message);
+    store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
+    Ok(Step::Filed)
 }
 
 /// Messages waiting in the queue (for tests and status).

@@ -32,9 +32,13 @@ use super::model::{keys, Announcement, Checkpoint, Entry, Epoch, NodeSlot, Op, O
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MailError {
-    /// Retry later: no quorum, a takeover in progress, a node unreachable.
+    /// Retry later: no quorum, a node unreachable.
     #[error("mailbox temporarily unavailable: {0}")]
     Unavailable(String),
+    /// Another node sequences this mailbox, or is taking it over: retry
+    /// through it (taking over in turn would only prolong the duel).
+    #[error("mailbox temporarily unavailable: {0}")]
+    Contended(String),
     /// The operation itself is refused (e.g. too many keywords).
     #[error("{0}")]
     Invalid(String),
@@ -90,6 +94,11 @@ pub struct EngineConfig {
     pub mutation: Option<Mutation>,
 }
 
+/// How many times [`Mailbox::submit_here`] follows "another node sequences
+/// this mailbox" before giving up, and the pause that grows between tries.
+const CONTENDED_RETRIES: u32 = 6;
+const CONTENDED_PAUSE: Duration = Duration::from_millis(25);
+
 /// What [`Mailbox::submit_here`] did.
 pub struct Submitted {
     pub sequenced: Sequenced,
@@ -105,6 +114,16 @@ pub struct Submitted {
 pub trait Peers: Send + Sync + 'static {
     /// Asks `node` to sequence `ops` in `mailbox`.
     async fn forward(&self, node: NodeSlot, mailbox: &str, ops: Vec<(OpId, Op)>) -> Result<Sequenced, MailError>;
+}
+
+/// What one read of the log found.
+enum Pass {
+    /// No mailbox yet.
+    Empty,
+    /// The chain is incomplete (a record is missing or a takeover moved on):
+    /// read again.
+    Again,
+    Chain(Vec<Link>),
 }
 
 /// What clients may see: a settled prefix of the chain, applied.
@@ -216,59 +235,68 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         }
     }
 
-    /// Reads several prefixes at once (each from its own start key); one
-    /// round trip instead of one per prefix.
-    async fn read_all(&self, inner: &mut Inner, reads: &[(&str, &str)]) -> Result<(), MailError> {
+    /// Reads prefixes at once (each from its own start key): one round trip.
+    async fn fetch_all(&self, reads: &[(&str, &str)]) -> Result<Vec<(String, Vec<Vec<u8>>)>, MailError> {
         let monotonic = !self.mutated(Mutation::NoReadRepair);
         let all = futures::future::join_all(
             reads.iter().map(|(prefix, from)| self.timed(self.storage.read(&self.id, prefix, from, monotonic))),
         )
         .await;
+        let mut out = vec![];
         for recs in all {
-            for (k, v) in &recs? {
-                inner.records.ingest(k, v)?;
-            }
+            out.extend(recs?);
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Reads entries, then starts and announcements, until the chain they
-    /// define is complete. Returns the chain (None: no mailbox yet).
-    ///
-    /// Two round trips: the entries, then everything whose read must start
-    /// after the entry read completed (checkpoints, starts, announcements),
-    /// together: their order among themselves does not matter (concurrent
-    /// reads are as if issued in some order, and each order is safe).
+    /// One pass of reading the log: entries from `from` on, then
+    /// everything whose read must start after the entry read completed
+    /// (checkpoints, starts, announcements), together: their order among
+    /// themselves does not matter (concurrent reads are as if issued in
+    /// some order, and each order is safe). Two round trips; no lock held,
+    /// so a sequencer on this node goes on meanwhile.
+    async fn read_records(&self, from: &str) -> Result<Vec<(String, Vec<Vec<u8>>)>, MailError> {
+        let mut recs = vec![];
+        if self.mutated(Mutation::CheckpointsFirst) {
+            recs.extend(self.fetch_all(&[(keys::CHECKPOINT, keys::CHECKPOINT)]).await?);
+        }
+        recs.extend(self.fetch_all(&[(keys::ENTRY, from)]).await?);
+        // Checkpoints after the entries: entries are trimmed only once a
+        // newer checkpoint is written, so whatever this entry read found
+        // missing, this read finds covered. Starts and announcements after
+        // the entries: they decide whether the entries may be shown.
+        let after: &[(&str, &str)] = if self.mutated(Mutation::CheckpointsFirst) {
+            &[(keys::START, keys::START), (keys::ANNOUNCE, keys::ANNOUNCE)]
+        } else {
+            &[(keys::CHECKPOINT, keys::CHECKPOINT), (keys::START, keys::START), (keys::ANNOUNCE, keys::ANNOUNCE)]
+        };
+        recs.extend(self.fetch_all(after).await?);
+        Ok(recs)
+    }
+
+    /// What a read pass tells about the chain, once its records are in.
+    fn settled_chain(records: &Records) -> Pass {
+        match records.chain() {
+            None if records.starts.is_empty() => Pass::Empty,
+            None => Pass::Again,
+            Some(chain) if records.first_missing(&chain).is_some() => Pass::Again,
+            Some(chain) => Pass::Chain(chain),
+        }
+    }
+
+    /// Reads the log until the chain it defines is complete. Returns the
+    /// chain (None: no mailbox yet). For the sequencer's takeover, which
+    /// holds the lock throughout.
     async fn read_log(&self, inner: &mut Inner) -> Result<Option<Vec<Link>>, MailError> {
         for _ in 0..16 {
-            if self.mutated(Mutation::CheckpointsFirst) {
-                self.read_into(inner, keys::CHECKPOINT, keys::CHECKPOINT).await?;
-            }
             let from = Self::entry_read_start(&inner.records);
-            self.read_into(inner, keys::ENTRY, &from).await?;
-            // Checkpoints after the entries: entries are trimmed only once a
-            // newer checkpoint is written, so whatever this entry read found
-            // missing, this read finds covered.
-            // Starts and announcements after the entries: they decide
-            // whether the entries may be shown.
-            if self.mutated(Mutation::CheckpointsFirst) {
-                self.read_all(inner, &[(keys::START, keys::START), (keys::ANNOUNCE, keys::ANNOUNCE)]).await?;
-            } else {
-                self.read_all(
-                    inner,
-                    &[
-                        (keys::CHECKPOINT, keys::CHECKPOINT),
-                        (keys::START, keys::START),
-                        (keys::ANNOUNCE, keys::ANNOUNCE),
-                    ],
-                )
-                .await?;
+            for (k, v) in &self.read_records(&from).await? {
+                inner.records.ingest(k, v)?;
             }
-            match inner.records.chain() {
-                None if inner.records.starts.is_empty() => return Ok(None),
-                None => continue,
-                Some(chain) if inner.records.first_missing(&chain).is_some() => continue,
-                Some(chain) => return Ok(Some(chain)),
+            match Self::settled_chain(&inner.records) {
+                Pass::Empty => return Ok(None),
+                Pass::Again => continue,
+                Pass::Chain(c) => return Ok(Some(c)),
             }
         }
         Err(MailError::Unavailable("the log did not settle".into()))
@@ -412,32 +440,44 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
     /// (the client retries), and if the takeover stays pending longer than
     /// the timeout (its node died), this node takes over to settle the log.
     pub async fn refresh(&self) -> Result<(), MailError> {
-        let mut inner = self.inner.lock().await;
-        let Some(chain) = self.read_log(&mut inner).await? else {
-            return Ok(());
-        };
-        let head = chain.last().map_or(Epoch::default(), |l| l.epoch);
-        match inner.records.pending_above(head) {
-            Some(p) if !self.mutated(Mutation::IgnorePending) => {
-                let now = tokio::time::Instant::now();
-                let since = match inner.pending {
-                    Some((e, t)) if e == p => t,
-                    _ => {
-                        inner.pending = Some((p, now));
-                        now
+        for _ in 0..16 {
+            // Read without the lock (a sequencer here keeps sequencing);
+            // ingest and decide under it, from everything known by then.
+            let from = Self::entry_read_start(&self.inner.lock().await.records);
+            let recs = self.read_records(&from).await?;
+            let mut inner = self.inner.lock().await;
+            for (k, v) in &recs {
+                inner.records.ingest(k, v)?;
+            }
+            let chain = match Self::settled_chain(&inner.records) {
+                Pass::Empty => return Ok(()),
+                Pass::Again => continue,
+                Pass::Chain(c) => c,
+            };
+            let head = chain.last().map_or(Epoch::default(), |l| l.epoch);
+            return match inner.records.pending_above(head) {
+                Some(p) if !self.mutated(Mutation::IgnorePending) => {
+                    let now = tokio::time::Instant::now();
+                    let since = match inner.pending {
+                        Some((e, t)) if e == p => t,
+                        _ => {
+                            inner.pending = Some((p, now));
+                            now
+                        }
+                    };
+                    if now.duration_since(since) < self.cfg.timeout {
+                        return Err(MailError::Contended("a takeover of this mailbox is in progress".into()));
                     }
-                };
-                if now.duration_since(since) < self.cfg.timeout {
-                    return Err(MailError::Unavailable("a takeover of this mailbox is in progress".into()));
+                    inner.active = None;
+                    self.take_over(&mut inner).await
                 }
-                inner.active = None;
-                self.take_over(&mut inner).await
-            }
-            _ => {
-                inner.pending = None;
-                self.advance(&mut inner, chain).await
-            }
+                _ => {
+                    inner.pending = None;
+                    self.advance(&mut inner, chain).await
+                }
+            };
         }
+        Err(MailError::Unavailable("the log did not settle".into()))
     }
 
     /// How often the view was rebuilt (see `rebuilds`).
@@ -495,17 +535,23 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         inner.view.as_ref().is_some_and(|v| v.chain.iter().any(|l| l.epoch == epoch && seq <= l.upto))
     }
 
-    /// The node that sequences this mailbox, as far as this node knows.
+    /// The node that sequences this mailbox, as far as this node knows: a
+    /// node taking over (announced, not started yet) counts as it already.
     pub async fn sequencer(&self) -> Option<NodeSlot> {
         let inner = self.inner.lock().await;
         if inner.active.is_some() {
             return Some(self.cfg.node);
         }
-        inner.records.head().map(|h| h.node)
+        let head = inner.records.head();
+        match inner.records.pending_above(head.map_or(Epoch::default(), |h| h.epoch)) {
+            Some(e) => Some(e.node()),
+            None => head.map(|h| h.node),
+        }
     }
 
     /// Becomes the sequencer: announce, read (with repair), start, check.
     async fn take_over(&self, inner: &mut Inner) -> Result<(), MailError> {
+        log::debug!("mailbox {}: node {} takes over", self.id, self.cfg.node);
         let _ = self.read_log(inner).await?;
         let epoch = Epoch::new(inner.records.max_counter() + 1, self.cfg.node);
         let ann = Announcement { epoch, node: self.cfg.node };
@@ -514,7 +560,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
 
         let chain = self.read_log(inner).await?;
         if inner.records.announced_above(epoch) {
-            return Err(MailError::Unavailable("another node is taking over this mailbox".into()));
+            return Err(MailError::Contended("another node is taking over this mailbox".into()));
         }
         let (prev, uidvalidity) = match &chain {
             Some(chain) => {
@@ -529,7 +575,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
         self.timed(self.storage.put(&self.id, &keys::start(epoch), encode(&start))).await?;
         self.read_into(inner, keys::ANNOUNCE, keys::ANNOUNCE).await?;
         if inner.records.announced_above(epoch) {
-            return Err(MailError::Unavailable("another node is taking over this mailbox".into()));
+            return Err(MailError::Contended("another node is taking over this mailbox".into()));
         }
         inner.records.starts.insert(epoch, start);
         let chain = inner.records.chain().ok_or_else(|| MailError::Corrupt("chain broken after takeover".into()))?;
@@ -607,7 +653,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             }
             if inner.records.announced_above(epoch) {
                 inner.active = None;
-                return Err(MailError::Unavailable("this node's sequencer was superseded".into()));
+                return Err(MailError::Contended("this node's sequencer was superseded".into()));
             }
         }
         if let Some(a) = inner.active.as_mut() {
@@ -643,13 +689,18 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
             // Never read: learn who sequences before anything else.
             let _ = self.refresh().await;
         }
-        let attempts = self.cfg.forward_attempts + 1;
+        // Forwards that failed in transport (the sequencer may be gone): after
+        // `forward_attempts` of them this node takes over. Answers that
+        // another node sequences or is taking over are followed instead,
+        // with a short pause, a bounded number of times.
+        let mut unreachable = 0;
+        let mut contended = 0;
         let mut last = MailError::Unavailable("no attempt made".into());
-        for attempt in 0..attempts {
+        while unreachable <= self.cfg.forward_attempts && contended <= CONTENDED_RETRIES {
             let target = self.sequencer().await;
             let local = match target {
                 None => true,
-                Some(n) => n == self.cfg.node || attempt + 1 == attempts,
+                Some(n) => n == self.cfg.node || unreachable == self.cfg.forward_attempts,
             };
             let result = if local {
                 self.sequence(ops.clone()).await
@@ -670,7 +721,20 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
                     return Ok(Submitted { sequenced, here: false, shown });
                 }
                 Err(e @ (MailError::Invalid(_) | MailError::Corrupt(_))) => return Err(e),
+                Err(e @ MailError::Contended(_)) => {
+                    contended += 1;
+                    last = e;
+                    // Staggered by node, so that duelling nodes fall out of step.
+                    let pause = CONTENDED_PAUSE * contended + CONTENDED_PAUSE * u32::from(self.cfg.node) / 4;
+                    tokio::time::sleep(pause).await;
+                    let _ = self.refresh().await;
+                }
                 Err(e) => {
+                    if local {
+                        // No quorum here: taking over again would not help.
+                        return Err(e);
+                    }
+                    unreachable += 1;
                     last = e;
                     let _ = self.refresh().await;
                 }

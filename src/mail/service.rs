@@ -52,6 +52,9 @@ pub struct Changed {
     entry: Option<Entry>,
 }
 
+/// How soon a queue scan that failed to file something runs again.
+const RETRY_FILING: Duration = Duration::from_secs(3);
+
 /// How long the long-poll waits for a push before it wakes watchers itself.
 const PUSH_GRACE: Duration = Duration::from_secs(1);
 
@@ -115,6 +118,10 @@ pub struct MailService {
     open: Mutex<HashMap<(UserId, String), Open>>,
     /// Users whose queue is being scanned here; true: scan again after.
     filing: Mutex<HashMap<UserId, bool>>,
+    /// Deliveries this node failed to file itself.
+    direct_failed: Mutex<std::collections::HashSet<(UserId, super::model::MessageId)>>,
+    /// Users with a later queue scan scheduled.
+    rescans: Mutex<std::collections::HashSet<UserId>>,
     /// Messages recently filed by this node, per user: the queue scan
     /// only deletes their items.
     filed: Mutex<HashMap<UserId, std::collections::VecDeque<super::model::MessageId>>>,
@@ -219,6 +226,8 @@ impl MailService {
                 cfg,
                 open: Mutex::new(HashMap::new()),
                 filing: Mutex::new(HashMap::new()),
+                rescans: Mutex::new(Default::default()),
+                direct_failed: Mutex::new(Default::default()),
                 filed: Mutex::new(HashMap::new()),
                 sequence_ep,
                 changed_ep,
@@ -454,20 +463,58 @@ impl MailService {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            // When to look again at what this scan left.
+            let mut later: Option<Duration>;
             loop {
-                if let Err(e) = super::incoming::file_incoming(&me, &me.store, &keys).await {
-                    log::warn!("filing queued mail: {e}");
-                }
+                later = match super::incoming::scan(&me, &me.store, &keys).await {
+                    Ok(s) if s.failed > 0 => Some(RETRY_FILING),
+                    Ok(s) if s.waiting => Some(Duration::from_secs(super::incoming::FILER_GRACE_SECS as u64 + 1)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        log::warn!("filing queued mail: {e}");
+                        Some(RETRY_FILING)
+                    }
+                };
                 let mut f = me.filing.lock().unwrap_or_else(|p| p.into_inner());
                 match f.get_mut(&keys.user) {
                     Some(again) if *again => *again = false,
                     _ => {
                         f.remove(&keys.user);
-                        return;
+                        break;
                     }
                 }
             }
+            // Failures are retried, deliveries another node files itself
+            // checked, on a timer: a client waiting in IDLE must not depend
+            // on the next delivery or login. One pending per user is enough.
+            if let Some(after) = later {
+                if me.rescans.lock().unwrap_or_else(|p| p.into_inner()).insert(keys.user) {
+                    tokio::time::sleep(after).await;
+                    me.rescans.lock().unwrap_or_else(|p| p.into_inner()).remove(&keys.user);
+                    me.file_queued(keys);
+                }
+            }
         });
+    }
+
+    /// This node's slot in the layout.
+    pub fn node_slot(&self) -> NodeSlot {
+        self.cfg.node
+    }
+
+    /// Marks a delivery this node failed to file itself: scans here take it
+    /// over at once (bounded; beyond that, the grace period still applies).
+    pub fn note_direct_failure(&self, user: &UserId, message: super::model::MessageId) {
+        let mut f = self.direct_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() < 65_536 {
+            f.insert((*user, message));
+        }
+    }
+
+    /// Whether this node failed to file `message` itself (and forgets it:
+    /// the caller files it now).
+    pub fn take_direct_failure(&self, user: &UserId, message: super::model::MessageId) -> bool {
+        self.direct_failed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*user, message))
     }
 
     /// Remembers that this node filed `message` (bounded per user).

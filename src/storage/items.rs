@@ -200,9 +200,10 @@ impl Store {
     }
 
     /// Like `range`, but every item returned is on a quorum of replicas
-    /// before this returns (Garage's read repair): once seen by anyone, an
-    /// item is seen by every later quorum read. Costs an extra write round
-    /// only when replicas disagreed.
+    /// before this returns (read repair): once seen by anyone, an item is
+    /// seen by every later quorum read. Costs an extra write round only
+    /// when replicas disagreed (and, with a replica down, when Garage's own
+    /// repair, which insists on every replica, gives up).
     pub async fn range_monotonic(&self, user: &UserId, partition: &str, range: &Range) -> Result<Vec<Item>, StorageError> {
         self.range_inner(user, partition, range, true).await
     }
@@ -232,7 +233,21 @@ impl Store {
             let want = PAGE.min((limit - out.len()).saturating_add(1));
             let table = &self.garage.k2v.item_table;
             let page = if monotonic {
-                table.get_range_monotonic(&part, cursor.clone(), filter, want, EnumerationOrder::Forward).await?
+                match table.get_range_monotonic(&part, cursor.clone(), filter, want, EnumerationOrder::Forward).await {
+                    Ok(page) => page,
+                    // Garage repairs on every replica it read from, so with one
+                    // replica down and the other two disagreeing the read
+                    // fails. What we promise is weaker: on a quorum. Read
+                    // again and write what was read back with a quorum write
+                    // (a merge: writing an item back is a no-op where it is).
+                    Err(first) => {
+                        let page = table.get_range(&part, cursor.clone(), filter, want, EnumerationOrder::Forward).await?;
+                        if table.insert_many(&page).await.is_err() {
+                            return Err(first.into());
+                        }
+                        page
+                    }
+                }
             } else {
                 table.get_range(&part, cursor.clone(), filter, want, EnumerationOrder::Forward).await?
             };

@@ -19,6 +19,9 @@ use super::peer::{PeerRpc, PingService};
 use super::{nodekey, nodelay, Store, StorageError};
 use crate::config::{Config, LayoutNode};
 
+/// Bound on every Garage RPC (see `garage_config`).
+const RPC_TIMEOUT_MS: i64 = 5_000;
+
 /// Garage's version tag for the RPC handshake; nodes must agree on it.
 const GARAGE_VERSION: &str = "v2.5.0-estafette";
 
@@ -112,7 +115,13 @@ fn garage_config(config: &Config, secret: &str) -> Result<garage_util::config::C
     // zstd pass would only burn CPU on incompressible bytes.
     t.insert("compression_level".into(), "none".into());
     t.insert("block_size".into(), "1M".into());
-    t.insert("rpc_timeout_msec".into(), 30_000i64.into());
+    // A request in flight to a peer that went silent (a partition, not a
+    // crash) is not failed when that peer's connection is closed: Garage
+    // keeps waiting for it, and a quorum read that picked that peer waits
+    // with it before trying the next replica. This timeout bounds that
+    // stall. Nothing we send needs long: blocks are 1 MiB, and long-polls
+    // carry their own timeout.
+    t.insert("rpc_timeout_msec".into(), RPC_TIMEOUT_MS.into());
     let mut s3 = toml::Table::new();
     s3.insert("s3_region".into(), "estafette".into());
     t.insert("s3_api".into(), toml::Value::Table(s3));
