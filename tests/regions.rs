@@ -149,15 +149,16 @@ fn chaos(scenario: &str, env: &[(&str, &str)]) {
     };
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let summary: Vec<&str> = out.lines().filter(|l| l.starts_with("CHAOS-RESULT ")).collect();
+    let short: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("CHAOS-SUMMARY ")).collect();
     // The figures for the record: scripts/test prints this file at the end.
-    println!("{scenario}: {}", summary.join("\n"));
+    println!("{}", short.join("\n"));
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("regions-summary.txt"))
     {
         use std::io::Write;
-        let _ = writeln!(f, "{scenario}: {}", summary.join(" "));
+        let _ = writeln!(f, "{}", short.join(" "));
     }
     match status {
         Some(s) if s.success() => {}

@@ -325,10 +325,9 @@ async fn supervise(dir: &Path, configs: &[Config]) -> Result<(), String> {
                             exe.display(), configs[usize::from(*i) - 1].source.display());
                     }
                 }
+                // Keep running when they are all gone: nodes restarted by
+                // hand still need the WAN emulator that lives here.
                 children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
-                if children.is_empty() {
-                    break Err("every node has exited".to_string());
-                }
             }
         }
     };

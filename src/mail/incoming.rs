@@ -205,7 +205,7 @@ async fn file_one(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys
     // A delivery its node files itself (this one too, unless it failed) is
     // left alone for a while; a later scan deletes its item.
     let age = chrono::Utc::now().timestamp() - env.internal_date;
-    let mine_failed = env.filer == Some(service.node_slot()) && service.take_direct_failure(&keys.user, env.message);
+    let mine_failed = env.filer == Some(service.node_slot()) && service.direct_failure(&keys.user, env.message);
     if env.filer.is_some() && age < FILER_GRACE_SECS && !mine_failed {
         return Ok(Step::Waiting);
     }

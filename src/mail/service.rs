@@ -511,14 +511,14 @@ impl MailService {
         }
     }
 
-    /// Whether this node failed to file `message` itself (and forgets it:
-    /// the caller files it now).
-    pub fn take_direct_failure(&self, user: &UserId, message: super::model::MessageId) -> bool {
-        self.direct_failed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*user, message))
+    /// Whether this node failed to file `message` itself (until it is filed).
+    pub fn direct_failure(&self, user: &UserId, message: super::model::MessageId) -> bool {
+        self.direct_failed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(*user, message))
     }
 
     /// Remembers that this node filed `message` (bounded per user).
     pub fn note_filed(&self, user: &UserId, message: super::model::MessageId) {
+        self.direct_failed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(*user, message));
         let mut f = self.filed.lock().unwrap_or_else(|p| p.into_inner());
         let q = f.entry(*user).or_default();
         q.push_back(message);

@@ -141,7 +141,7 @@ class Config:
         self.gap_limit = float(env.get("GAP_LIMIT", "10"))
         self.converge_s = float(env.get("CONVERGE_SECONDS", "60"))
         self.seed = int(env["SEED"]) if env.get("SEED") else random.randrange(1 << 32)
-        self.rtt = env.get("RTT")
+        self.rtt = env.get("RTT_MS") or env.get("RTT")
         # Tokens carry a run id so a rerun on the same appliance never
         # confuses this run's messages with an earlier run's.
         self.run = os.urandom(3).hex()
@@ -1167,6 +1167,23 @@ def run(cfg, record, nodes, summary):
     summary["unjoined_threads"] = [t.name for t in threads if t.is_alive()]
 
 
+def one_line(summary):
+    """The figures for a CI log: operations, errors, gaps, convergence."""
+    acked = summary.get("acked", {})
+    gaps = summary.get("max_gap_s", {})
+    checked = summary.get("gap_checked_for", [])
+    gap_text = ", ".join("node %s %.1f s%s" % (n, g, "" if n in checked or n == "all" else " (includes its own downtime)")
+                         for n, g in sorted(gaps.items()) if n != "all")
+    return ("CHAOS-SUMMARY %s (RTT %s ms): %d acknowledged operations (%s), %d client errors, "
+            "%d kill(s); longest gap without a successful operation: %s; service as a whole %.1f s; "
+            "all nodes agreed %.1f s after the load stopped; %d violation(s)" % (
+                summary.get("scenario"), summary.get("rtt") or "?", sum(acked.values()),
+                ", ".join("%s %d" % kv for kv in sorted(acked.items())),
+                sum(summary.get("errors", {}).values()), summary.get("kills", 0), gap_text or "-",
+                gaps.get("all", 0.0), (summary.get("final") or {}).get("seconds", -1),
+                summary.get("violation_count", 0)))
+
+
 def main():
     if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
         print(__doc__)
@@ -1188,6 +1205,7 @@ def main():
     summary["violations"] = record.violations[:100]
     summary["violation_count"] = len(record.violations)
     print("CHAOS-RESULT " + json.dumps(summary, sort_keys=True), flush=True)
+    print(one_line(summary), flush=True)
     if record.violations:
         sys.stderr.write("chaos %s: %d violation(s), first: %s\n"
                          % (cfg.scenario, len(record.violations), record.violations[0]))
