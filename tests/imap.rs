@@ -69,21 +69,6 @@ fn dev_regions(n: u8) -> Dev {
     dev
 }
 
-fn add_user(dev: &Dev, login: &str, address: &str, password: &str) {
-    use std::io::Write;
-    let d = dev.dir.path().to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_estafette"))
-        .args(["user", "add", login, "--address", address, "--password-stdin", "--data-dir", d])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn script(dev: &Dev, name: &str) {
     script_env(dev, name, &[]);
 }
