@@ -212,9 +212,7 @@ impl<S: LogStorage, P: Peers> Mailbox<S, P> {
     }
 
     async fn read_into(&self, inner: &mut Inner, prefix: &str, from: &str) -> Result<(), MailError> {
-        let monotonic = !self.mutated(Mutation::NoReadRepair);
-        let recs = self.timed(self.storage.read(&self.id, prefix, from, monotonic)).await?;
-        for (k, v) in &recs {
+        for (k, v) in &self.fetch_all(&[(prefix, from)]).await? {
             inner.records.ingest(k, v)?;
         }
         Ok(())

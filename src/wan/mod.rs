@@ -115,14 +115,6 @@ impl Wan {
         Ok(Wan { n, links })
     }
 
-    pub fn regions(&self) -> u8 {
-        self.n
-    }
-
-    pub fn links(&self) -> Links {
-        self.links.borrow().clone()
-    }
-
     /// Applies a parsed command; returns what to tell the operator.
     pub fn apply(&self, cmd: &control::Command) -> Result<String, WanError> {
         use control::Command;
