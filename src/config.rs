@@ -135,8 +135,31 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersConfig {
-    /// The users file (TOML): logins, password hashes, addresses.
-    pub file: Option<PathBuf>,
+    /// An old-style users file (TOML) to import into the replicated
+    /// directory once (its salt kept, so user ids and mail stay); after
+    /// that it is no longer read. (`file` was its name when it was the
+    /// directory itself.)
+    #[serde(default, alias = "file", skip_serializing_if = "Option::is_none")]
+    pub import_file: Option<PathBuf>,
+    /// Users created at start if missing (never overwriting a password).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declare: Vec<DeclaredUserConfig>,
+}
+
+/// One declared user (`[[users.declare]]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredUserConfig {
+    pub login: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// A file holding the initial password (first line), e.g. a systemd
+    /// credential; read only when the user is created.
+    pub initial_password_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -249,7 +272,8 @@ impl Config {
         Ok(config)
     }
 
-    fn invalid(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
+    /// An error about `key` of this configuration file.
+    pub fn invalid(&self, key: &str, reason: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid {
             file: self.source.clone(),
             key: key.to_string(),
@@ -379,9 +403,6 @@ impl Config {
         if self.lmtp.max_connections == 0 {
             return Err(self.invalid("lmtp.max_connections", "must be at least 1"));
         }
-        if self.listen.lmtp.is_some() && self.users.file.is_none() {
-            return Err(self.invalid("users.file", "listen.lmtp needs a users file to know the recipients"));
-        }
         match parse_capacity(&self.imap.max_message_size) {
             Ok(n) if n > 0 && n < u64::from(u32::MAX) => {}
             _ => {
@@ -394,8 +415,23 @@ impl Config {
         if self.imap.max_connections == 0 {
             return Err(self.invalid("imap.max_connections", "must be at least 1"));
         }
-        if (self.listen.imap.is_some() || self.listen.imaps.is_some()) && self.users.file.is_none() {
-            return Err(self.invalid("users.file", "an IMAP listener needs a users file to log users in"));
+        let mut declared = HashSet::new();
+        for (i, d) in self.users.declare.iter().enumerate() {
+            let key = |field: &str| format!("users.declare[{i}].{field}");
+            // Login and address syntax are the accounts layer's rules,
+            // checked when the server starts (`server::declared_users`).
+            if !declared.insert(d.login.as_str()) {
+                return Err(self.invalid(&key("login"), format!("`{}` is declared twice", d.login)));
+            }
+            if let Some(q) = &d.quota {
+                parse_capacity(q).map_err(|r| self.invalid(&key("quota"), r))?;
+            }
+            if !d.initial_password_file.is_absolute() {
+                return Err(self.invalid(
+                    &key("initial_password_file"),
+                    format!("`{}` must be an absolute path", d.initial_password_file.display()),
+                ));
+            }
         }
         if self.listen.imaps.is_some() && self.tls.is_none() {
             return Err(self.invalid("tls", "listen.imaps needs [tls] cert and key"));
@@ -488,7 +524,12 @@ imap = "127.0.0.1:1143"
 lmtp = "127.0.0.1:1025"
 
 [users]
-file = "/etc/estafette/users.toml"
+import_file = "/etc/estafette/users.toml"
+
+[[users.declare]]
+login = "alice"
+addresses = ["alice@example.test"]
+initial_password_file = "/run/credentials/estafette.service/user-alice"
 "#;
 
     fn err(text: &str) -> String {
@@ -525,7 +566,8 @@ file = "/etc/estafette/users.toml"
             (GOOD.replace("lmtp = \"127.0.0.1:1025\"", "lmtp = \"127.0.0.1:1143\""), "listen.lmtp"),
             (GOOD.replace("[listen]", "[listen]\nimaps = \"127.0.0.1:1993\""), "tls"),
             (GOOD.replace("bind = \"127.0.0.1:3901\"", "bind = \"127.0.0.1:3902\""), "rpc.public_addr"),
-            (GOOD.replace("file = \"/etc/estafette/users.toml\"", ""), "users.file"),
+            (GOOD.replace("[\"alice@example.test\"]", "[\"a@b\"]\nquota = \"lots\""), "users.declare[0].quota"),
+            (GOOD.replace("\"/run/credentials/estafette.service/user-alice\"", "\"pw\""), "users.declare[0].initial_password_file"),
             (format!("{GOOD}\n[lmtp]\nmax_message_size = \"huge\"\n"), "lmtp.max_message_size"),
         ];
         for (text, key) in cases {

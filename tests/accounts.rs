@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use estafette::accounts::{keys, Accounts, AccountsError, UserKeys, UsersFile};
+use estafette::accounts::{keys, Accounts, AccountsError, UserKeys};
 use estafette::crypto::{BlobDecryptor, BlobEncryptor, KdfParams};
 use estafette::storage::local::LocalCluster;
 
@@ -24,9 +23,9 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cluster = LocalCluster::start(&dir.path().join("cluster"), 1).await.unwrap();
-    let users = Arc::new(UsersFile::open(&dir.path().join("users.toml")).unwrap());
+    let secret = cluster.configs[0].rpc_secret().unwrap();
     // The real KDF with cheap parameters: same code path, fast tests.
-    let accounts = Accounts::new(users, cluster.nodes[0].store(), KdfParams::insecure_for_tests());
+    let accounts = Accounts::open(cluster.nodes[0].store(), Some(cluster.nodes[0].peer_rpc()), &secret, "node-1", KdfParams::insecure_for_tests()).await.unwrap();
     accounts.add_user("alice", "hunter2", &["alice@example.test".into()], Some("region-1".into())).await.unwrap();
     accounts.add_user("bob", "correct horse", &["bob@example.test".into()], None).await.unwrap();
     Fixture { accounts, cluster, dir }
@@ -140,7 +139,7 @@ async fn rotation_reencrypts_items_and_keeps_everything_readable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_sealed_for_an_offline_user_opens_after_login() {
     let f = fixture().await;
-    let uid = f.accounts.directory().user_id("bob");
+    let uid = f.accounts.directory().user_id("bob").unwrap();
     // No session, no password: only the public key from storage.
     let pk = keys::public_key(f.accounts.store(), &uid).await.unwrap().expect("bob has a public key");
     let sealed = pk.seal(b"Subject: delivered while you slept\r\n\r\nhello");
@@ -232,6 +231,10 @@ async fn deleting_a_user_removes_their_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plaintext_reaches_garage() {
     let f = fixture().await;
+    // The directory lives in the same storage: logins, addresses and
+    // password hashes must not be readable there either.
+    f.accounts.add_user("canarylogin", "canary-password", &["canary-address@canary-domain.test".into()], Some("canary-region".into())).await.unwrap();
+    f.accounts.set_quota("canarylogin", Some("7G".into())).await.unwrap();
     let s = f.accounts.login("alice", "hunter2", IP).await.unwrap();
     let subject = "Subject: PLAINTEXT-CANARY-SUBJECT";
     let body = "PLAINTEXT-CANARY-BODY ".repeat(50_000); // ~1 MiB: stored as blocks, not inline
@@ -248,8 +251,57 @@ async fn no_plaintext_reaches_garage() {
     // Flush what the node holds by stopping it, then look at every byte it wrote.
     f.cluster.shutdown().await;
     let garage_dir = f.dir.path().join("cluster");
-    for needle in ["PLAINTEXT-CANARY", "alice@example.test", "alice", "hunter2"] {
+    for needle in ["PLAINTEXT-CANARY", "alice@example.test", "alice", "hunter2", "canarylogin", "canary-address", "canary-domain", "canary-region", "$argon2"] {
         let hits = common::grep_dir(&garage_dir, needle.as_bytes());
         assert!(hits.is_empty(), "`{needle}` found in {hits:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_users_file_is_imported_once_with_its_ids_and_mail() {
+    use estafette::accounts::{ClusterDirectory, DirectoryKeys, UsersFile};
+    use estafette::crypto::KeyBundle;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), 1).await.unwrap();
+    let store = cluster.nodes[0].store();
+    let secret = cluster.configs[0].rpc_secret().unwrap();
+    // What a node before the replicated directory left behind: a users file
+    // (salt, hash) and, in storage, keys and mail under the salted id.
+    let kdf = KdfParams::insecure_for_tests();
+    let salt = [7u8; 32];
+    let old_id = estafette::accounts::directory::user_id(&salt, "olduser");
+    let bundle = KeyBundle::generate();
+    keys::save(&store, &old_id, &bundle.lock(b"old-password", kdf).unwrap(), None).await.unwrap();
+    let path = dir.path().join("users.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "salt = \"{}\"\n[[user]]\nlogin = \"olduser\"\npassword = \"{}\"\naddresses = [\"old@example.test\"]\nquota = \"3G\"\n",
+            hex::encode(salt),
+            kdf.hash_password(b"old-password").unwrap()
+        ),
+    )
+    .unwrap();
+    let file = UsersFile::read(&path).unwrap();
+    let directory = ClusterDirectory::new(store.clone(), DirectoryKeys::from_secret(&secret), "node-1");
+    directory.load().await.unwrap();
+    assert_eq!(directory.import(&file).await.unwrap().map(|(n, _)| n), Some(1));
+
+    let accounts = Accounts::open(store.clone(), None, &secret, "node-1", kdf).await.unwrap();
+    let user = accounts.directory().user("olduser").expect("imported");
+    assert_eq!(user.id, old_id, "the user id the old salt gave is kept");
+    assert_eq!(user.quota.as_deref(), Some("3G"));
+    let s = accounts.login("olduser", "old-password", IP).await.unwrap();
+    assert_eq!(s.keys().user, old_id);
+    store_mail(&accounts, s.keys(), "1", "from before", b"old body").await;
+    assert_eq!(read_mail(&accounts, s.keys(), "1").await, ("from before".into(), b"old body".to_vec()));
+    drop(s);
+
+    // Imported once: a user deleted afterwards does not come back when a
+    // node starts again with the same file.
+    accounts.delete_user("olduser").await.unwrap();
+    assert_eq!(directory.import(&file).await.unwrap(), None, "the file is no longer the source of truth");
+    let fresh = Accounts::open(store.clone(), None, &secret, "node-1", kdf).await.unwrap();
+    assert!(fresh.directory().user("olduser").is_none());
+    cluster.shutdown().await;
 }

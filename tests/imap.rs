@@ -51,8 +51,8 @@ fn dev_regions(n: u8) -> Dev {
     // Ready once the demo user is listed and the IMAP port answers.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        // Every node knows the demo user (each reloads the shared users
-        // file on its own) and answers IMAP.
+        // Every node knows the demo user (from the replicated directory)
+        // and answers IMAP.
         let knows = |i: u8| {
             let config = dev.dir.path().join(format!("node-{i}")).join("estafette.toml");
             Command::new(env!("CARGO_BIN_EXE_estafette"))
@@ -124,6 +124,11 @@ fn rfc7162_condstore_and_qresync() {
 #[test]
 fn rfc2177_idle_sees_other_sessions_and_lmtp() {
     script(&dev(), "test_rfc2177_idle.py");
+}
+
+#[test]
+fn a_renewed_certificate_is_served_after_sighup_without_dropping_sessions() {
+    script(&dev(), "test_tls_reload.py");
 }
 
 #[test]

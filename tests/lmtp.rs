@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use estafette::accounts::{Accounts, UsersFile};
+use estafette::accounts::Accounts;
 use estafette::crypto::KdfParams;
 use estafette::lmtp::{Lmtp, LmtpLimits};
 use estafette::mail::{incoming, message, MailService};
@@ -29,9 +29,9 @@ struct Fixture {
 async fn fixture(nodes: usize, max_message: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cluster = LocalCluster::start(&dir.path().join("c"), nodes).await.unwrap();
-    let users = Arc::new(UsersFile::open(&dir.path().join("users.toml")).unwrap());
     let store = cluster.nodes[0].store();
-    let accounts = Arc::new(Accounts::new(users, store.clone(), KdfParams::insecure_for_tests()));
+    let secret = cluster.configs[0].rpc_secret().unwrap();
+    let accounts = Arc::new(Accounts::open(store.clone(), Some(cluster.nodes[0].peer_rpc()), &secret, "node-1", KdfParams::insecure_for_tests()).await.unwrap());
     accounts.add_user("alice", "alice-pw", &["alice@example.test".into()], None).await.unwrap();
     accounts.add_user("bob", "bob-pw-1", &["bob@example.test".into(), "robert@Example.Test".into()], None).await.unwrap();
     let slots: Vec<_> = cluster.nodes.iter().map(|n| n.peer_rpc().local_id()).collect();
@@ -153,7 +153,7 @@ async fn protocol_errors_are_answered_and_cost_nothing() {
     input.extend_from_slice(b".\r\nQUIT\r\n");
     let replies = converse(&f.lmtp, &input).await;
     assert_eq!(codes(&replies)[5..8], ["354 2.0.0", "552 5.3.4", "552 5.3.4"], "{replies:#?}");
-    let uid = f.accounts.directory().user_id("alice");
+    let uid = f.accounts.directory().user_id("alice").unwrap();
     assert_eq!(incoming::queued(&f.cluster.nodes[0].store(), &uid).await.unwrap(), 0);
     // A line longer than the limit ends the session with a reason.
     let mut long = b"LHLO x\r\nNOOP ".to_vec();
@@ -186,7 +186,7 @@ async fn storage_outage_mid_data_gives_451_and_stores_nothing() {
     drop(w);
     let _ = task.await;
     // Nothing half-stored is visible: the queue shows no message.
-    let uid = f.accounts.directory().user_id("alice");
+    let uid = f.accounts.directory().user_id("alice").unwrap();
     let queued = incoming::queued(&f.cluster.nodes[0].store(), &uid).await;
     assert!(queued.is_err() || queued.unwrap() == 0);
     f.cluster.nodes[0].shutdown().await;
@@ -268,8 +268,8 @@ async fn delivery_survives_a_dead_region() {
     let replies = converse(&f.lmtp, &input).await;
     assert_eq!(codes(&replies)[4..6], ["354 2.0.0", "250 2.0.0"], "{replies:#?}");
     // Read through node 3: a login there files and shows it.
-    let users = f.accounts.users_file().clone();
-    let accounts3 = Accounts::new(users, f.cluster.nodes[2].store(), KdfParams::insecure_for_tests());
+    let secret = f.cluster.configs[0].rpc_secret().unwrap();
+    let accounts3 = Accounts::open(f.cluster.nodes[2].store(), Some(f.cluster.nodes[2].peer_rpc()), &secret, "node-3", KdfParams::insecure_for_tests()).await.unwrap();
     let session = accounts3.login("alice", "alice-pw", PEER.ip()).await.unwrap();
     let keys = session.keys().clone();
     let slots: Vec<_> = f.cluster.nodes.iter().map(|n| n.peer_rpc().local_id()).collect();
@@ -293,8 +293,8 @@ async fn delivery_survives_a_dead_region() {
 async fn a_node_holding_the_keys_files_mail_delivered_elsewhere() {
     let f = fixture(2, 10 << 20).await;
     // Alice has a session on node 2 (her INBOX open there), none on node 1.
-    let users = f.accounts.users_file().clone();
-    let accounts2 = Accounts::new(users, f.cluster.nodes[1].store(), KdfParams::insecure_for_tests());
+    let secret = f.cluster.configs[0].rpc_secret().unwrap();
+    let accounts2 = Accounts::open(f.cluster.nodes[1].store(), Some(f.cluster.nodes[1].peer_rpc()), &secret, "node-2", KdfParams::insecure_for_tests()).await.unwrap();
     let session = accounts2.login("alice", "alice-pw", PEER.ip()).await.unwrap();
     let keys = session.keys().clone();
     let slots: Vec<_> = f.cluster.nodes.iter().map(|n| n.peer_rpc().local_id()).collect();
@@ -309,7 +309,7 @@ async fn a_node_holding_the_keys_files_mail_delivered_elsewhere() {
     assert_eq!(codes(&replies)[4..6], ["354 2.0.0", "250 2.0.0"], "{replies:#?}");
 
     // Node 2 files it into INBOX without any new login, and empties the queue.
-    let uid = f.accounts.directory().user_id("alice");
+    let uid = f.accounts.directory().user_id("alice").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         inbox.refresh().await.unwrap();
@@ -329,7 +329,7 @@ async fn a_node_holding_the_keys_files_mail_delivered_elsewhere() {
 async fn filing_leaves_a_delivery_whose_body_is_still_being_written() {
     let f = fixture(1, 10 << 20).await;
     let store = f.cluster.nodes[0].store();
-    let uid = f.accounts.directory().user_id("alice");
+    let uid = f.accounts.directory().user_id("alice").unwrap();
     let pk = estafette::accounts::keys::public_key(&store, &uid).await.unwrap().unwrap();
     // The queue entry has landed, the body not yet (they are written
     // concurrently): filing now must neither file nor drop it.
@@ -384,7 +384,7 @@ async fn over_quota_is_a_transient_452_and_too_big_for_the_quota_552() {
     assert_eq!(c[3], "452 4.2.2", "{c:?}");
     // The counters reach storage (another node reads the same usage).
     f.mail.usage.flush().await;
-    let uid = f.accounts.directory().user_id("bob");
+    let uid = f.accounts.directory().user_id("bob").unwrap();
     let used = f.mail.usage.current(&uid).await.unwrap();
     assert!((16_000..20_000).contains(&used), "{used}");
     f.cluster.shutdown().await;

@@ -1,6 +1,8 @@
 //! The NixOS module and the configuration parser agree: the TOML the module
-//! renders (kept as a fixture, since nixpkgs cannot be evaluated here) is
-//! accepted, and every key in it is one the module writes.
+//! renders (kept as a fixture; scripts/test checks that the fixture is what
+//! `../shared/nixos-eval` renders for the VM test's `paris` node) is
+//! accepted, read as written (no key ignored, no value changed), and every
+//! key in it is one the module writes.
 
 use std::path::Path;
 
@@ -47,4 +49,28 @@ fn every_key_of_the_fixture_is_written_by_the_module() {
     // The module points the config at the credential systemd provides.
     assert!(MODULE.contains("\"${credDir}/rpc-secret\""));
     assert!(FIXTURE.contains("/run/credentials/estafette.service/rpc-secret"));
+}
+
+#[test]
+fn the_rendered_config_is_read_as_written() {
+    let fixture: toml::Table = toml::from_str(FIXTURE).unwrap();
+    let parsed = estafette::config::Config::parse(FIXTURE, Path::new("/etc/estafette/estafette.toml")).unwrap();
+    let back: toml::Table = toml::from_str(&parsed.to_toml()).unwrap();
+    // Every value the module renders is the value the node runs with.
+    fn same(path: &str, want: &toml::Value, got: Option<&toml::Value>) {
+        match (want, got) {
+            (toml::Value::Table(w), Some(toml::Value::Table(g))) => {
+                for (k, v) in w {
+                    same(&format!("{path}.{k}"), v, g.get(k));
+                }
+            }
+            (toml::Value::Array(w), Some(toml::Value::Array(g))) if w.len() == g.len() => {
+                for (i, v) in w.iter().enumerate() {
+                    same(&format!("{path}[{i}]"), v, g.get(i));
+                }
+            }
+            (w, g) => assert_eq!(Some(w), g, "`{path}` is rendered as {w} but read as {g:?}"),
+        }
+    }
+    same("", &toml::Value::Table(fixture), Some(&toml::Value::Table(back)));
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use estafette::accounts::{Accounts, UsersFile};
+use estafette::accounts::Accounts;
 use estafette::crypto::KdfParams;
 use estafette::lmtp::{Lmtp, LmtpLimits};
 use estafette::mail::{incoming, message, MailService};
@@ -80,7 +80,10 @@ fn start_postfix(dir: &std::path::Path, smtp_port: u16, lmtp: SocketAddr) -> Pos
     Postfix { etc }
 }
 
+// Gated by what it needs, not by its name: a build sandbox (the Nix
+// package's check phase) has neither Postfix nor root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postfix and root; scripts/test runs it with --include-ignored"]
 async fn postfix_delivers_fifty_messages_intact() {
     if let Err(why) = prerequisites() {
         assert!(std::env::var("CI").is_err(), "postfix test cannot run in CI: {why}");
@@ -90,8 +93,8 @@ async fn postfix_delivers_fifty_messages_intact() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = LocalCluster::start(&dir.path().join("c"), 1).await.unwrap();
     let store = cluster.nodes[0].store();
-    let users = Arc::new(UsersFile::open(&dir.path().join("users.toml")).unwrap());
-    let accounts = Arc::new(Accounts::new(users, store.clone(), KdfParams::insecure_for_tests()));
+    let secret = cluster.configs[0].rpc_secret().unwrap();
+    let accounts = Arc::new(Accounts::open(store.clone(), None, &secret, "node-1", KdfParams::insecure_for_tests()).await.unwrap());
     accounts.add_user("alice", "alice-pw", &["alice@example.test".into()], None).await.unwrap();
     accounts.add_user("bob", "bob-pw-1", &["bob@example.test".into()], None).await.unwrap();
     let mail = MailService::new(store.clone(), cluster.nodes[0].peer_rpc().clone(), vec![cluster.nodes[0].peer_rpc().local_id()], 0).unwrap();
@@ -145,7 +148,7 @@ s.quit()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Wait for Postfix to hand everything over (a condition, with a deadline).
-    let (ua, ub) = (accounts.directory().user_id("alice"), accounts.directory().user_id("bob"));
+    let (ua, ub) = (accounts.directory().user_id("alice").unwrap(), accounts.directory().user_id("bob").unwrap());
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (a, b) = (incoming::queued(&store, &ua).await.unwrap(), incoming::queued(&store, &ub).await.unwrap());

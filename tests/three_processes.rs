@@ -140,11 +140,11 @@ async fn kill_and_restart_a_region() {
     }
     assert_eq!(text.matches(" up ").count(), 3, "{text}");
 
-    // The supervisor creates the demo user through node 1; node 3 serves the
-    // same users file.
+    // Every node declares the demo user; whichever starts first creates it
+    // in the replicated directory, and node 3 knows it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(Response::Users { users }) = call(&sock(&dir, 3), &Request::UserList).await {
+        if let Ok(Response::Users { users, .. }) = call(&sock(&dir, 3), &Request::UserList { cached: false }).await {
             if users.iter().any(|u| u.login == "alice") {
                 break;
             }

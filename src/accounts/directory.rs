@@ -1,43 +1,60 @@
 //! The user directory: who exists, their password hash, the addresses that
-//! deliver to them. A trait, so an LDAP directory can replace the users
-//! file without touching callers.
+//! deliver to them. A trait, so an LDAP directory can replace the
+//! replicated one (`cluster.rs`) without touching callers.
 
 use crate::storage::UserId;
 
 /// One user as the directory knows them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub login: String,
+    /// The opaque id everything the user owns is stored under.
+    pub id: UserId,
     /// Argon2id PHC string.
     pub password: String,
     /// Addresses (and aliases) delivering to this user, `local@domain`.
-    #[serde(default)]
     pub addresses: Vec<String>,
     /// The region whose nodes should sequence this user's mailboxes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home_region: Option<String>,
     /// Storage quota, e.g. "10G".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
 }
 
 impl User {
-    /// The quota in bytes (None: unlimited). The users file is validated
-    /// when loaded, so a quota that does not parse cannot be here.
+    /// The quota in bytes (None: unlimited). Quotas are validated before
+    /// they are stored, so one that does not parse cannot be here.
     pub fn quota_bytes(&self) -> Option<u64> {
         self.quota.as_deref().and_then(|q| crate::config::parse_capacity(q).ok())
     }
 }
 
+/// Why the directory cannot answer (yet): callers answer "try again later"
+/// (LMTP 4xx, IMAP `NO [UNAVAILABLE]`), never "no such user".
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("the user directory is not loaded yet (node starting)")]
+    NotReady,
+    #[error("the user directory cannot be read: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait::async_trait]
 pub trait Directory: Send + Sync {
-    /// The user with this login (exact match).
+    /// The user with this login (exact match), as this node knows it now.
     fn user(&self, login: &str) -> Option<User>;
-    /// The user an address delivers to: case-insensitive domain,
-    /// `local+detail@domain` falls back to `local@domain`.
+    /// The user an address delivers to, as this node knows it now:
+    /// case-insensitive, `local+detail@domain` falls back to `local@domain`.
     fn by_address(&self, address: &str) -> Option<User>;
     fn users(&self) -> Vec<User>;
-    /// The opaque storage id of a login (salted hash; no login reaches storage).
-    fn user_id(&self, login: &str) -> UserId;
+    /// The storage id of a known login.
+    fn user_id(&self, login: &str) -> Option<UserId> {
+        self.user(login).map(|u| u.id)
+    }
+    /// Like `by_address`, but a miss is confirmed by a quorum read before
+    /// it is believed: Ok(None) means the directory has no such address.
+    async fn resolve_address(&self, address: &str) -> Result<Option<User>, DirectoryError>;
+    /// Like `user`, confirmed (or refreshed, with `refresh`) by a quorum read.
+    async fn resolve_login(&self, login: &str, refresh: bool) -> Result<Option<User>, DirectoryError>;
 }
 
 /// Normalises an address for lookup: domain lowercased, local part as is.
@@ -50,21 +67,6 @@ pub fn normalize_address(address: &str) -> Option<(String, String)> {
     Some((local.to_string(), domain.to_ascii_lowercase()))
 }
 
-/// Finds the user for `address` among `users`: exact (case-insensitive
-/// domain, and case-insensitive local part as most servers do), then without
-/// a `+detail`.
-pub fn find_by_address<'a>(users: impl Iterator<Item = &'a User> + Clone, address: &str) -> Option<&'a User> {
-    let (local, domain) = normalize_address(address)?;
-    let matches = |l: &str| {
-        users.clone().find(|u| {
-            u.addresses.iter().any(|a| {
-                normalize_address(a).is_some_and(|(al, ad)| ad == domain && al.eq_ignore_ascii_case(l))
-            })
-        })
-    };
-    matches(&local).or_else(|| local.split_once('+').and_then(|(base, _)| matches(base)))
-}
-
 /// The storage id of `login` under an installation salt.
 pub fn user_id(salt: &[u8; 32], login: &str) -> UserId {
     UserId(crate::crypto::keyed_hash(salt, &[b"estafette user id v1\0", login.as_bytes()]))
@@ -73,32 +75,6 @@ pub fn user_id(salt: &[u8; 32], login: &str) -> UserId {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn u(login: &str, addrs: &[&str]) -> User {
-        User {
-            login: login.into(),
-            password: String::new(),
-            addresses: addrs.iter().map(|s| s.to_string()).collect(),
-            home_region: None,
-            quota: None,
-        }
-    }
-
-    #[test]
-    fn address_lookup() {
-        let users = [u("alice", &["alice@example.test", "postmaster@Example.Test"]), u("bob", &["bob@example.test"])];
-        let find = |a: &str| find_by_address(users.iter(), a).map(|u| u.login.clone());
-        assert_eq!(find("alice@example.test").as_deref(), Some("alice"));
-        assert_eq!(find("<alice@EXAMPLE.test>").as_deref(), Some("alice"));
-        assert_eq!(find("Alice@example.test").as_deref(), Some("alice"));
-        assert_eq!(find("postmaster@example.TEST").as_deref(), Some("alice"));
-        assert_eq!(find("alice+lists@example.test").as_deref(), Some("alice"));
-        assert_eq!(find("bob@example.test").as_deref(), Some("bob"));
-        assert_eq!(find("carol@example.test"), None);
-        assert_eq!(find("alice@other.test"), None);
-        assert_eq!(find("not an address"), None);
-        assert_eq!(find("@example.test"), None);
-    }
 
     #[test]
     fn user_ids_are_salted() {

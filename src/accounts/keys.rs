@@ -120,6 +120,16 @@ pub async fn save(
     store.insert(user, KEYS_PARTITION, BUNDLE_KEY, bytes, token).await
 }
 
+/// Removes the key record (a withdrawn add, a finished deletion).
+pub async fn remove(store: &Store, user: &UserId) -> Result<(), StorageError> {
+    if let Some(item) = store.get(user, KEYS_PARTITION, BUNDLE_KEY).await? {
+        if !item.is_deleted() {
+            store.delete(user, KEYS_PARTITION, BUNDLE_KEY, &item.token).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The public key mail is sealed to while the user is offline.
 pub async fn public_key(store: &Store, user: &UserId) -> Result<Option<PublicKey>, StorageError> {
     Ok(load(store, user).await?.and_then(|(r, _)| r.first().map(|r| r.public)))

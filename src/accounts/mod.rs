@@ -7,19 +7,22 @@
 //! never stores a password or an unlocked key.
 
 mod cache;
+pub mod cluster;
 pub mod directory;
 pub mod keys;
+pub mod records;
 mod throttle;
 pub mod users_file;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use cache::Session;
-pub use directory::{Directory, User};
+pub use cluster::{ClusterDirectory, DirectoryKeys, NewUser};
+pub use directory::{Directory, DirectoryError, User};
 pub use keys::UserKeys;
 pub use users_file::UsersFile;
 
@@ -47,25 +50,47 @@ pub enum AccountsError {
     Crypto(#[from] CryptoError),
     #[error("user `{0}` has no key record in storage (created by another installation?)")]
     NoKeys(String),
+    /// Another node is changing the same user or address right now.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
 }
 
 impl AccountsError {
-    /// Whether a retry later may succeed (storage unreachable).
+    /// Whether a retry later may succeed (storage unreachable, directory
+    /// not loaded yet, a concurrent change).
     pub fn is_transient(&self) -> bool {
-        matches!(self, AccountsError::Storage(e) if e.is_transient())
+        match self {
+            AccountsError::Storage(e) => e.is_transient(),
+            AccountsError::Directory(_) | AccountsError::Busy(_) => true,
+            _ => false,
+        }
     }
+}
+
+/// A user declared in the configuration, created if missing.
+#[derive(Debug, Clone)]
+pub struct DeclaredUser {
+    pub login: String,
+    pub addresses: Vec<String>,
+    pub home_region: Option<String>,
+    pub quota: Option<String>,
+    /// The initial password (read from the declared file by the caller).
+    pub initial_password: String,
 }
 
 /// How long unlocked keys stay cached after a user's last session ends.
 const CACHE_GRACE: Duration = Duration::from_secs(300);
 
 pub struct Accounts {
-    users: Arc<UsersFile>,
+    users: Arc<ClusterDirectory>,
     store: Store,
     kdf: KdfParams,
     cache: cache::KeyCache,
     throttle: throttle::Throttle,
     argon2_runs: AtomicU64,
+    ready: AtomicBool,
 }
 
 /// A PHC hash no password matches, checked for unknown logins so that they
@@ -83,7 +108,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Accounts {
-    pub fn new(users: Arc<UsersFile>, store: Store, kdf: KdfParams) -> Self {
+    /// Accounts over a directory; not ready (LMTP and logins answer "try
+    /// later") until [`set_ready`](Self::set_ready).
+    pub fn new(users: Arc<ClusterDirectory>, store: Store, kdf: KdfParams) -> Self {
         Accounts {
             users,
             store,
@@ -91,15 +118,48 @@ impl Accounts {
             cache: cache::KeyCache::new(CACHE_GRACE),
             throttle: throttle::Throttle::default(),
             argon2_runs: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
         }
+    }
+
+    /// Accounts over the replicated directory of a started node: loaded,
+    /// followed and ready (tests and tools; a server starts them through
+    /// `server::Server`, which also imports and provisions first). With
+    /// `rpc`, changes are pushed to and from the other nodes at once.
+    pub async fn open(
+        store: Store,
+        rpc: Option<&crate::storage::PeerRpc>,
+        secret: &str,
+        node_name: &str,
+        kdf: KdfParams,
+    ) -> Result<Accounts, AccountsError> {
+        let dir = ClusterDirectory::new(store.clone(), DirectoryKeys::from_secret(secret), node_name);
+        if let Some(rpc) = rpc {
+            dir.attach(rpc)?;
+        }
+        dir.load().await?;
+        dir.follow();
+        let accounts = Accounts::new(dir, store, kdf);
+        accounts.set_ready();
+        Ok(accounts)
     }
 
     pub fn directory(&self) -> &dyn Directory {
         &*self.users
     }
 
-    pub fn users_file(&self) -> &Arc<UsersFile> {
+    pub fn cluster_directory(&self) -> &Arc<ClusterDirectory> {
         &self.users
+    }
+
+    /// Whether the node may answer for its users: storage ready, the
+    /// directory loaded, declared users provisioned.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.users.is_loaded()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
     }
 
     /// Argon2 derivations run so far by logins (the cache's saving shows here).
@@ -143,7 +203,25 @@ impl Accounts {
     }
 
     async fn check(&self, login: &str, password: &[u8]) -> Result<Session, AccountsError> {
-        let Some(user) = self.users.user(login) else {
+        if !self.is_ready() {
+            return Err(DirectoryError::NotReady.into());
+        }
+        let user = self.users.resolve_login(login, false).await?;
+        let known = user.is_some();
+        match self.check_user(login, password, user).await {
+            // The password may have changed on another node moments ago:
+            // before refusing, read the user again at quorum. (An unknown
+            // login was just read at quorum.)
+            Err(AccountsError::AuthFailed) if known => {
+                let fresh = self.users.resolve_login(login, true).await?;
+                self.check_user(login, password, fresh).await
+            }
+            other => other,
+        }
+    }
+
+    async fn check_user(&self, login: &str, password: &[u8], user: Option<User>) -> Result<Session, AccountsError> {
+        let Some(user) = user else {
             let (decoy, pw) = (decoy_phc(self.kdf).to_string(), password.to_vec());
             self.argon2_runs.fetch_add(1, Ordering::Relaxed);
             let _ = blocking(move || crate::crypto::kdf_verify(&decoy, &pw)).await;
@@ -156,7 +234,7 @@ impl Accounts {
         }
         // Cold login: check the directory's hash and unlock the keys at the
         // same time (two Argon2 runs, one on each core).
-        let uid = self.users.user_id(login);
+        let uid = user.id;
         let verify = {
             let (phc, pw) = (user.password.clone(), password.to_vec());
             blocking(move || crate::crypto::kdf_verify(&phc, &pw))
@@ -179,7 +257,7 @@ impl Accounts {
             // the key record is from another password (a password change
             // half-applied on another node). Refuse rather than guess.
             Err(CryptoError::WrongPassword) => {
-                log::error!("user `{login}`: the password matches the users file but not the key record");
+                log::error!("user `{login}`: the password matches the directory but not the key record");
                 return Err(AccountsError::AuthFailed);
             }
             Err(e) => return Err(e.into()),
@@ -187,8 +265,8 @@ impl Accounts {
         Ok(self.cache.insert(login, password, &user.password, UserKeys::new(uid, bundle)))
     }
 
-    /// Creates a user: password hash and addresses in the users file, a new
-    /// key bundle sealed under the password in storage.
+    /// Creates a user: a new key bundle sealed under the password, then the
+    /// directory entry (login, password hash, addresses), from any node.
     pub async fn add_user(
         &self,
         login: &str,
@@ -196,46 +274,108 @@ impl Accounts {
         addresses: &[String],
         home_region: Option<String>,
     ) -> Result<(), AccountsError> {
+        self.create(login, password, addresses, home_region, None, false).await
+    }
+
+    async fn create(
+        &self,
+        login: &str,
+        password: &str,
+        addresses: &[String],
+        home_region: Option<String>,
+        quota: Option<String>,
+        provisioned: bool,
+    ) -> Result<(), AccountsError> {
         users_file::validate_login(login).map_err(AccountsError::Invalid)?;
         check_password_strength(password)?;
         for a in addresses {
             if directory::normalize_address(a).is_none() {
                 return Err(AccountsError::Invalid(format!("`{a}` is not an address (local@domain)")));
             }
-            if let Some(owner) = self.users.by_address(a) {
+        }
+        if let Some(q) = &quota {
+            crate::config::parse_capacity(q).map_err(AccountsError::Invalid)?;
+        }
+        // Cheap refusals first (the directory checks again at quorum).
+        if self.users.resolve_login(login, false).await?.is_some() {
+            return Err(AccountsError::Exists(login.to_string()));
+        }
+        for a in addresses {
+            if let Some(owner) = self.users.resolve_address(a).await? {
                 return Err(AccountsError::AddressTaken { address: a.clone(), owner: owner.login });
             }
         }
-        if self.users.user(login).is_some() {
-            return Err(AccountsError::Exists(login.to_string()));
-        }
-        let uid = self.users.user_id(login);
+        // A random id: a login deleted and created again starts afresh.
+        let uid = UserId(rand::random());
         let (kdf, pw) = (self.kdf, password.to_string());
         let (phc, locked) = blocking(move || {
             let bundle = KeyBundle::generate();
             Ok::<_, CryptoError>((kdf.hash_password(pw.as_bytes())?, bundle.lock(pw.as_bytes(), kdf)?))
         })
         .await?;
-        // Keys first: a user in the file without keys could not log in.
-        keys::save(&self.store, &uid, &locked, None).await?;
-        let user = User {
-            login: login.to_string(),
-            password: phc,
-            addresses: addresses.to_vec(),
-            home_region,
-            quota: None,
+        let new = NewUser {
+            user: User {
+                login: login.to_string(),
+                id: uid,
+                password: phc,
+                addresses: addresses.to_vec(),
+                home_region,
+                quota,
+            },
+            provisioned,
         };
-        self.users
-            .edit(move |users| {
-                if users.iter().any(|u| u.login == user.login) {
-                    return Err(AccountsError::Exists(user.login.clone()));
-                }
-                users.push(user);
-                Ok(())
-            })
-            .await?;
+        self.users.add(&new, Some(&locked)).await?;
         log::info!("user `{login}` created");
         Ok(())
+    }
+
+    /// Creates the declared users that do not exist yet (never touching an
+    /// existing user's password); for users created this way, keeps quota
+    /// and home region as declared. Returns the users that failed, and why.
+    pub async fn provision(&self, declared: &[DeclaredUser]) -> Vec<(String, AccountsError)> {
+        let mut problems = vec![];
+        for d in declared {
+            let existing = match self.users.resolve_login(&d.login, true).await {
+                Ok(u) => u,
+                Err(e) => {
+                    problems.push((d.login.clone(), e.into()));
+                    continue;
+                }
+            };
+            let result = match existing {
+                None => match self
+                    .create(&d.login, &d.initial_password, &d.addresses, d.home_region.clone(), d.quota.clone(), true)
+                    .await
+                {
+                    // Another node provisioned it first.
+                    Err(AccountsError::Exists(_)) => Ok(()),
+                    r => r,
+                },
+                Some(u) => {
+                    let provisioned = self.users.view().users.get(&d.login).is_some_and(|(_, r)| r.provisioned);
+                    if provisioned && (u.quota != d.quota || u.home_region != d.home_region) {
+                        let (q, h) = (d.quota.clone(), d.home_region.clone());
+                        self.users
+                            .update(&d.login, |r, stamp| {
+                                if r.quota.value != q {
+                                    r.quota = records::Stamped::new(q, stamp);
+                                }
+                                if r.home_region.value != h {
+                                    r.home_region = records::Stamped::new(h, stamp);
+                                }
+                            })
+                            .await
+                            .map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = result {
+                problems.push((d.login.clone(), e));
+            }
+        }
+        problems
     }
 
     /// Changes a user's password (the current one is needed: it is the only
@@ -243,12 +383,16 @@ impl Accounts {
     /// re-encrypts every item it protects.
     pub async fn change_password(&self, login: &str, current: &str, new: &str, rotate: bool) -> Result<(), AccountsError> {
         check_password_strength(new)?;
-        let user = self.users.user(login).ok_or_else(|| AccountsError::NoSuchUser(login.to_string()))?;
+        let user = self
+            .users
+            .resolve_login(login, true)
+            .await?
+            .ok_or_else(|| AccountsError::NoSuchUser(login.to_string()))?;
         let (phc, pw) = (user.password.clone(), current.as_bytes().to_vec());
         if !blocking(move || crate::crypto::kdf_verify(&phc, &pw)).await? {
             return Err(AccountsError::AuthFailed);
         }
-        let uid = self.users.user_id(login);
+        let uid = user.id;
         let (records, token) = keys::load(&self.store, &uid)
             .await?
             .ok_or_else(|| AccountsError::NoKeys(login.to_string()))?;
@@ -267,17 +411,10 @@ impl Accounts {
         })
         .await?;
         // The key record first: from here the new password opens the keys;
-        // the users file follows so the new password is also accepted.
+        // the directory follows so the new password is also accepted.
         keys::save(&self.store, &uid, &locked, Some(&token)).await?;
-        let l = login.to_string();
         self.users
-            .edit(move |users| match users.iter_mut().find(|u| u.login == l) {
-                Some(u) => {
-                    u.password = new_phc;
-                    Ok(())
-                }
-                None => Err(AccountsError::NoSuchUser(l)),
-            })
+            .update(login, |r, stamp| r.password = records::Stamped::new(new_phc, stamp))
             .await?;
         self.cache.forget(login);
         if rotate {
@@ -326,34 +463,22 @@ impl Accounts {
         if let Some(q) = &quota {
             crate::config::parse_capacity(q).map_err(AccountsError::Invalid)?;
         }
-        self.users
-            .edit(|users| {
-                let u = users
-                    .iter_mut()
-                    .find(|u| u.login == login)
-                    .ok_or_else(|| AccountsError::NoSuchUser(login.to_string()))?;
-                u.quota = quota;
-                Ok(())
-            })
-            .await
+        self.users.update(login, |r, stamp| r.quota = records::Stamped::new(quota, stamp)).await?;
+        Ok(())
     }
 
-    /// Deletes a user: every item and blob they own, their key record, and
-    /// their entry in the users file.
+    /// Deletes a user: gone from the directory on every node at once, then
+    /// every item and blob they own (their key record included), then their
+    /// directory records. An interrupted deletion is resumed by running it
+    /// again.
     pub async fn delete_user(&self, login: &str) -> Result<(), AccountsError> {
-        if self.users.user(login).is_none() {
-            return Err(AccountsError::NoSuchUser(login.to_string()));
-        }
-        let uid = self.users.user_id(login);
+        let rec = self.users.begin_delete(login).await?;
+        let uid = rec
+            .user_id()
+            .ok_or_else(|| AccountsError::Invalid(format!("user `{login}` has a malformed id in the directory")))?;
         self.cache.forget(login);
         let (items, blobs) = purge(&self.store, &uid).await?;
-        let l = login.to_string();
-        self.users
-            .edit(move |users| {
-                users.retain(|u| u.login != l);
-                Ok(())
-            })
-            .await?;
+        self.users.finish_delete(&rec).await?;
         log::info!("user `{login}` deleted ({items} item(s), {blobs} blob(s))");
         Ok(())
     }

@@ -1,8 +1,10 @@
-//! The users file (TOML): the installation salt and, per user, login,
-//! Argon2id password hash, addresses, home region and quota.
+//! Old-style users files (TOML), read once to import them into the
+//! replicated directory (`cluster.rs`): the installation salt that made
+//! every user id, and per user login, Argon2id password hash, addresses,
+//! home region and quota.
 //!
 //! ```toml
-//! salt = "<64 hex digits>"   # per installation; makes user ids opaque
+//! salt = "<64 hex digits>"
 //!
 //! [[user]]
 //! login = "alice"
@@ -11,19 +13,15 @@
 //! home_region = "region-1"
 //! ```
 //!
-//! The same file must be on every node (the NixOS module or the operator
-//! copies it). It is reread on SIGHUP and when its modification time
-//! changes, without dropping sessions; a file that fails to parse is
-//! logged and the previous contents stay in force. Edits are written to a
-//! temporary file and renamed, so readers never see half a file.
+//! Imported users keep the id the salt gave them, so their mail stays
+//! theirs. This module only reads; after the import the file is no longer
+//! the source of truth and nothing writes it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::directory::{find_by_address, user_id, Directory, User};
+use super::directory::user_id;
 use super::AccountsError;
 use crate::storage::UserId;
 
@@ -32,24 +30,49 @@ use crate::storage::UserId;
 struct UsersFileData {
     salt: String,
     #[serde(default, rename = "user")]
-    users: Vec<User>,
+    users: Vec<FileUser>,
 }
 
-struct Loaded {
-    salt: [u8; 32],
-    users: Vec<User>,
-    mtime: Option<SystemTime>,
+/// One user as an old-style users file holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUser {
+    pub login: String,
+    /// Argon2id PHC string.
+    pub password: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub home_region: Option<String>,
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
-/// A [`Directory`] backed by the users file.
+/// A parsed, validated users file.
+#[derive(Debug, Clone)]
 pub struct UsersFile {
-    path: PathBuf,
-    state: RwLock<Arc<Loaded>>,
-    // Serialises edits made through this process.
-    edit: tokio::sync::Mutex<()>,
+    pub path: PathBuf,
+    pub salt: [u8; 32],
+    pub users: Vec<FileUser>,
 }
 
-fn parse(path: &Path, text: &str) -> Result<Loaded, AccountsError> {
+impl UsersFile {
+    /// Reads and validates the file; errors name the file and the key.
+    pub fn read(path: &Path) -> Result<UsersFile, AccountsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AccountsError::UsersFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        parse(path, &text)
+    }
+
+    /// The storage id the file's salt gives `login`.
+    pub fn user_id(&self, login: &str) -> UserId {
+        user_id(&self.salt, login)
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Result<UsersFile, AccountsError> {
     let bad = |reason: String| AccountsError::UsersFile {
         path: path.to_owned(),
         reason,
@@ -77,10 +100,10 @@ fn parse(path: &Path, text: &str) -> Result<Loaded, AccountsError> {
             }
         }
     }
-    Ok(Loaded {
+    Ok(UsersFile {
+        path: path.to_owned(),
         salt,
         users: data.users,
-        mtime: None,
     })
 }
 
@@ -96,228 +119,26 @@ pub fn validate_login(login: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl UsersFile {
-    /// Opens the users file, creating it (with a fresh salt) if missing.
-    pub fn open(path: &Path) -> Result<UsersFile, AccountsError> {
-        if !path.exists() {
-            let data = UsersFileData {
-                salt: hex::encode(rand::random::<[u8; 32]>()),
-                users: vec![],
-            };
-            // Several nodes may share one users file and start at once:
-            // only the first creation counts, or each would hold its own
-            // salt (and compute other user ids) until the next reload.
-            write_atomically(path, &data, false)?;
-        }
-        let file = UsersFile {
-            path: path.to_owned(),
-            state: RwLock::new(Arc::new(Loaded {
-                salt: [0; 32],
-                users: vec![],
-                mtime: None,
-            })),
-            edit: tokio::sync::Mutex::new(()),
-        };
-        file.reload()?;
-        Ok(file)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn current(&self) -> Arc<Loaded> {
-        match self.state.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Rereads the file. On error the previous contents stay in force.
-    pub fn reload(&self) -> Result<(), AccountsError> {
-        let io = |e: std::io::Error| AccountsError::UsersFile {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        let text = std::fs::read_to_string(&self.path).map_err(io)?;
-        let mut loaded = parse(&self.path, &text)?;
-        loaded.mtime = mtime;
-        let n = loaded.users.len();
-        if let Ok(mut s) = self.state.write() {
-            *s = Arc::new(loaded);
-        }
-        log::debug!("users file {}: {n} user(s)", self.path.display());
-        Ok(())
-    }
-
-    /// Rereads the file if its modification time changed.
-    pub fn reload_if_changed(&self) {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        if mtime != self.current().mtime {
-            match self.reload() {
-                Ok(()) => log::info!("users file {} reloaded", self.path.display()),
-                Err(e) => log::error!("{e}; keeping the previous users"),
-            }
-        }
-    }
-
-    /// Polls the modification time every `period` until the task is dropped.
-    pub fn spawn_watcher(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                match me.upgrade() {
-                    Some(f) => f.reload_if_changed(),
-                    None => return,
-                }
-            }
-        })
-    }
-
-    /// Applies `change` to the file's contents and writes it back.
-    pub async fn edit<T>(
-        &self,
-        change: impl FnOnce(&mut Vec<User>) -> Result<T, AccountsError>,
-    ) -> Result<T, AccountsError> {
-        let _guard = self.edit.lock().await;
-        // Start from what is on disk, in case someone edited it by hand.
-        self.reload()?;
-        let cur = self.current();
-        let mut users = cur.users.clone();
-        let out = change(&mut users)?;
-        write_atomically(
-            &self.path,
-            &UsersFileData {
-                salt: hex::encode(cur.salt),
-                users,
-            },
-            true,
-        )?;
-        self.reload()?;
-        Ok(out)
-    }
-}
-
-/// Writes the file whole (temporary file, then rename). With `replace`
-/// false, an existing file is kept (the creation of another process won).
-fn write_atomically(path: &Path, data: &UsersFileData, replace: bool) -> Result<(), AccountsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| AccountsError::UsersFile {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
-    let text = toml::to_string_pretty(data).map_err(|e| AccountsError::UsersFile {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(b"# Estafette users: edit with `estafette user ...` (hand edits are reloaded too).\n")
-        .and_then(|_| f.write_all(text.as_bytes()))
-        .and_then(|_| f.sync_all())
-        .map_err(err)?;
-    if replace {
-        return std::fs::rename(&tmp, path).map_err(err);
-    }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(err(e)),
-        _ => Ok(()),
-    }
-}
-
-impl Directory for UsersFile {
-    fn user(&self, login: &str) -> Option<User> {
-        self.current().users.iter().find(|u| u.login == login).cloned()
-    }
-
-    fn by_address(&self, address: &str) -> Option<User> {
-        let cur = self.current();
-        find_by_address(cur.users.iter(), address).cloned()
-    }
-
-    fn users(&self) -> Vec<User> {
-        self.current().users.clone()
-    }
-
-    fn user_id(&self, login: &str) -> UserId {
-        user_id(&self.current().salt, login)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn alice() -> User {
-        User {
-            login: "alice".into(),
-            password: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
-            addresses: vec!["alice@example.test".into()],
-            home_region: Some("region-1".into()),
-            quota: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn create_edit_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.toml");
-        let f = UsersFile::open(&path).unwrap();
-        assert!(f.users().is_empty());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "password hashes are readable by the owner only");
-        let id_before = f.user_id("alice");
-        f.edit(|u| {
-            u.push(alice());
-            Ok(())
-        })
-        .await
-        .unwrap();
-        assert_eq!(f.user("alice").unwrap().addresses, vec!["alice@example.test"]);
-        assert_eq!(f.by_address("alice+x@EXAMPLE.test").unwrap().login, "alice");
-        assert_eq!(f.user_id("alice"), id_before, "the salt survives edits");
-
-        // Another process (or a human) edits the file: picked up on reload.
-        let reopened = UsersFile::open(&path).unwrap();
-        assert_eq!(reopened.user_id("alice"), id_before);
-        let text = std::fs::read_to_string(&path).unwrap().replace("alice@example.test", "alice@other.test");
-        std::fs::write(&path, text).unwrap();
-        f.reload().unwrap();
-        assert!(f.by_address("alice@example.test").is_none());
-        assert!(f.by_address("alice@other.test").is_some());
-
-        // A broken file is refused and the previous users stay.
-        std::fs::write(&path, "salt = \"zz\"").unwrap();
-        let e = f.reload().unwrap_err().to_string();
-        assert!(e.contains("users.toml") && e.contains("salt"), "{e}");
-        assert!(f.user("alice").is_some());
-    }
-
     #[test]
-    fn concurrent_creation_yields_one_salt() {
+    fn reads_salt_and_users() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("users.toml");
-        let files: Vec<UsersFile> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| UsersFile::open(&path).unwrap())).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let ids: std::collections::HashSet<_> = files.iter().map(|f| f.user_id("alice")).collect();
-        assert_eq!(ids.len(), 1, "every opener sees the same salt");
+        let salt = "11".repeat(32);
+        std::fs::write(
+            &path,
+            format!("salt = \"{salt}\"\n[[user]]\nlogin = \"alice\"\npassword = \"$argon2id$x\"\naddresses = [\"alice@example.test\"]\nquota = \"1G\"\n"),
+        )
+        .unwrap();
+        let f = UsersFile::read(&path).unwrap();
+        assert_eq!(f.users.len(), 1);
+        assert_eq!(f.users[0].quota.as_deref(), Some("1G"));
+        assert_eq!(f.user_id("alice"), user_id(&[0x11; 32], "alice"), "ids follow the file's salt");
+        let e = UsersFile::read(&d.path().join("missing.toml")).unwrap_err().to_string();
+        assert!(e.contains("missing.toml"), "{e}");
     }
 
     #[test]

@@ -79,8 +79,8 @@ pub fn render_status(s: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<12} {:<12} {:>10} {:<22} {:<5} {:>9}  {}",
-        "NAME", "REGION", "CAPACITY", "ADDRESS", "STATE", "RTT", "ID"
+        "{:<12} {:<12} {:>10} {:<22} {:<5} {:<9} {:>9}  {}",
+        "NAME", "REGION", "CAPACITY", "ADDRESS", "STATE", "SERVING", "RTT", "ID"
     );
     for n in &s.nodes {
         let rtt = match (n.this_node, n.rtt_ms) {
@@ -90,12 +90,17 @@ pub fn render_status(s: &ClusterStatus) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<12} {:<12} {:>10} {:<22} {:<5} {:>9}  {}",
+            "{:<12} {:<12} {:>10} {:<22} {:<5} {:<9} {:>9}  {}",
             n.name.as_deref().unwrap_or("?"),
             n.region.as_deref().unwrap_or("(none)"),
             n.capacity.map(|c| bytesize::ByteSize(c).to_string()).unwrap_or_else(|| "-".into()),
             n.addr.as_deref().unwrap_or("-"),
             if n.up { "up" } else { "DOWN" },
+            match n.ready {
+                Some(true) => "ready",
+                Some(false) => "starting",
+                None => "-",
+            },
             rtt,
             &n.id[..16],
         );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::config::{ClusterConfig, Config, LayoutNode, ListenConfig, NodeConfig, RpcConfig, UsersConfig};
+use crate::config::{ClusterConfig, Config, DeclaredUserConfig, LayoutNode, ListenConfig, NodeConfig, RpcConfig, UsersConfig};
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -73,6 +73,20 @@ pub fn node_dir(dir: &Path, i: u8) -> PathBuf {
 
 fn node_ip(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Reads DIR/rpc_secret, creating it (0600, random) on first use.
@@ -144,7 +158,15 @@ fn dev_config(args: &DevArgs, dir: &Path, secret_file: &Path, i: u8) -> Config {
         lmtp: Default::default(),
         imap: Default::default(),
         users: UsersConfig {
-            file: Some(dir.join("users.toml")),
+            // A dev directory from before the replicated directory.
+            import_file: Some(dir.join("users.toml")).filter(|p| p.exists()),
+            declare: vec![DeclaredUserConfig {
+                login: DEMO_LOGIN.into(),
+                addresses: vec![DEMO_ADDRESS.into()],
+                home_region: Some("region-1".into()),
+                quota: None,
+                initial_password_file: dir.join("demo-password"),
+            }],
         },
         source: nd.join("estafette.toml"),
     }
@@ -174,6 +196,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
     check_regions(&dir, args.regions)?;
     let secret = dev_secret(&dir)?;
+    write_private(&dir.join("demo-password"), DEMO_PASSWORD)?;
     crate::imap::ensure_self_signed(&dir.join("tls-cert.pem"), &dir.join("tls-key.pem")).map_err(|e| e.to_string())?;
     let mut configs = vec![];
     for i in 1..=args.regions {
@@ -185,8 +208,41 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         configs.push(Config::load(&path).map_err(|e| e.to_string())?);
     }
 
+    if args.regions == 1 {
+        let config = configs.remove(0);
+        let pid = node_dir(&dir, 1).join("pid");
+        std::fs::write(&pid, std::process::id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
+        let result = async {
+            let server = crate::server::Server::start(&config).await.map_err(|e| e.to_string())?;
+            server.wait_ready(Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
+            if server.accounts.directory().user(DEMO_LOGIN).is_none() {
+                return Err("the demo user could not be created (see the log above)".to_string());
+            }
+            print_banner(&args, &dir, std::slice::from_ref(&config));
+            crate::server::serve_until_signal(server).await.map_err(|e| e.to_string())
+        }
+        .await;
+        let _ = std::fs::remove_file(&pid);
+        return result;
+    }
+    let regions: Vec<crate::wan::Region> = (1..=args.regions)
+        .map(|i| crate::wan::Region {
+            index: i,
+            public: SocketAddr::new(node_ip(i), args.wan_port),
+            private: SocketAddr::new(node_ip(i), args.rpc_port),
+        })
+        .collect();
+    let wan = crate::wan::Wan::start(&regions, Duration::from_secs_f64(args.rtt / 1000.0))
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::wan::control::serve(std::sync::Arc::new(wan), &dir.join("wan.sock")).await.map_err(|e| e.to_string())?;
+    supervise(&args, &dir, &configs).await
+}
+
+/// What a client needs: printed once every node serves (ports, demo user).
+fn print_banner(args: &DevArgs, dir: &Path, configs: &[Config]) {
     println!("estafette dev: {} region(s), state in {}", args.regions, dir.display());
-    for c in &configs {
+    for c in configs {
         println!(
             "  {} ({}): IMAP {} (STARTTLS), IMAPS {}, LMTP {}, RPC {}, metrics http://{}/metrics, config {}",
             c.node.name,
@@ -208,40 +264,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         );
     }
 
-    if args.regions == 1 {
-        let config = configs.remove(0);
-        let pid = node_dir(&dir, 1).join("pid");
-        std::fs::write(&pid, std::process::id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
-        let result = async {
-            let server = crate::server::Server::start(&config).await.map_err(|e| e.to_string())?;
-            if let Some(accounts) = &server.accounts {
-                server.node.wait_ready(Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
-                if accounts.directory().user(DEMO_LOGIN).is_none() {
-                    accounts
-                        .add_user(DEMO_LOGIN, DEMO_PASSWORD, &[DEMO_ADDRESS.to_string()], Some("region-1".into()))
-                        .await
-                        .map_err(|e| format!("creating the demo user: {e}"))?;
-                }
-                print_demo_user();
-            }
-            crate::server::serve_until_signal(server).await.map_err(|e| e.to_string())
-        }
-        .await;
-        let _ = std::fs::remove_file(&pid);
-        return result;
-    }
-    let regions: Vec<crate::wan::Region> = (1..=args.regions)
-        .map(|i| crate::wan::Region {
-            index: i,
-            public: SocketAddr::new(node_ip(i), args.wan_port),
-            private: SocketAddr::new(node_ip(i), args.rpc_port),
-        })
-        .collect();
-    let wan = crate::wan::Wan::start(&regions, Duration::from_secs_f64(args.rtt / 1000.0))
-        .await
-        .map_err(|e| e.to_string())?;
-    crate::wan::control::serve(std::sync::Arc::new(wan), &dir.join("wan.sock")).await.map_err(|e| e.to_string())?;
-    supervise(&dir, &configs).await
+    print_demo_user();
 }
 
 const DEMO_LOGIN: &str = "alice";
@@ -252,41 +275,31 @@ fn print_demo_user() {
     println!("  demo user: login `{DEMO_LOGIN}`, password `{DEMO_PASSWORD}`, address {DEMO_ADDRESS}");
 }
 
-/// Creates the demo user through node 1 once the cluster is ready.
-async fn ensure_demo_user_remote(dir: &Path) -> Result<(), String> {
+/// Waits until every node serves its users (each creates the declared
+/// demo user if it is missing, whichever starts first).
+async fn wait_all_ready(dir: &Path, n: u8) -> Result<(), String> {
     use crate::server::admin::{call, Request, Response};
-    let sock = node_dir(dir, 1).join("meta").join("admin.sock");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Response::Status(s)) = call(&sock, &Request::Status).await {
-            if s.ready() {
-                break;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 1..=n {
+        let sock = node_dir(dir, i).join("meta").join("admin.sock");
+        loop {
+            if let Ok(Response::Status(s)) = call(&sock, &Request::Status).await {
+                if s.ready() {
+                    break;
+                }
             }
-        }
-        if Instant::now() > deadline {
-            return Err("the cluster did not become ready within 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    match call(&sock, &Request::UserList).await.map_err(|e| e.to_string())? {
-        Response::Users { users } if users.iter().any(|u| u.login == DEMO_LOGIN) => {}
-        _ => {
-            let add = Request::UserAdd {
-                login: DEMO_LOGIN.into(),
-                password: DEMO_PASSWORD.into(),
-                addresses: vec![DEMO_ADDRESS.into()],
-                home_region: Some("region-1".into()),
-            };
-            call(&sock, &add).await.map_err(|e| format!("creating the demo user: {e}"))?;
+            if Instant::now() > deadline {
+                return Err(format!("node-{i} did not become ready within 120 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    print_demo_user();
     Ok(())
 }
 
 /// Runs one `estafette server` process per node until we are told to stop
 /// or one of them dies.
-async fn supervise(dir: &Path, configs: &[Config]) -> Result<(), String> {
+async fn supervise(args: &DevArgs, dir: &Path, configs: &[Config]) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let exe = std::env::current_exe().map_err(|e| format!("finding our own executable: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -304,7 +317,7 @@ async fn supervise(dir: &Path, configs: &[Config]) -> Result<(), String> {
         std::fs::write(&pid, child.id().to_string()).map_err(|e| format!("{}: {e}", pid.display()))?;
         children.push((i, child));
     }
-    let mut demo = Box::pin(ensure_demo_user_remote(dir));
+    let mut demo = Box::pin(wait_all_ready(dir, configs.len() as u8));
     let mut demo_done = false;
     let outcome = loop {
         tokio::select! {
@@ -312,8 +325,9 @@ async fn supervise(dir: &Path, configs: &[Config]) -> Result<(), String> {
             _ = sigterm.recv() => break Ok(()),
             r = &mut demo, if !demo_done => {
                 demo_done = true;
-                if let Err(e) = r {
-                    log::error!("{e}");
+                match r {
+                    Ok(()) => print_banner(args, dir, configs),
+                    Err(e) => log::error!("{e}"),
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {

@@ -55,8 +55,13 @@ pub enum UserCommand {
         #[command(flatten)]
         node: NodeSelector,
     },
-    /// List users, their addresses, quotas and usage.
+    /// List users, their addresses, quotas and usage (as a quorum of the
+    /// cluster holds them), and any conflict the directory resolved.
     List {
+        /// Show the node's own copy instead, without asking the cluster
+        /// (to see whether a change made elsewhere has reached it).
+        #[arg(long)]
+        cached: bool,
         #[command(flatten)]
         node: NodeSelector,
     },
@@ -138,8 +143,8 @@ pub async fn run(cmd: UserCommand) -> Result<(), String> {
             println!("quota of `{login}`: {size}");
             Ok(())
         }
-        UserCommand::List { node } => match ask(&node, Request::UserList).await? {
-            Response::Users { users } => {
+        UserCommand::List { cached, node } => match ask(&node, Request::UserList { cached }).await? {
+            Response::Users { users, notes } => {
                 println!("{:<24} {:<12} {:>10} {:>10}  ADDRESSES", "LOGIN", "HOME", "USED", "QUOTA");
                 for u in users {
                     let used = u.used.map(|b| bytesize::ByteSize(b).to_string()).unwrap_or_else(|| "?".into());
@@ -151,6 +156,9 @@ pub async fn run(cmd: UserCommand) -> Result<(), String> {
                         u.quota.as_deref().unwrap_or("-"),
                         u.addresses.join(", ")
                     );
+                }
+                for n in notes {
+                    println!("note: {n}");
                 }
                 Ok(())
             }

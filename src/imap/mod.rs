@@ -20,7 +20,7 @@ mod session;
 mod tls;
 mod utf7;
 
-pub use tls::{ensure_self_signed, load as load_tls, TlsError};
+pub use tls::{ensure_self_signed, load as load_tls, Certificate, TlsError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

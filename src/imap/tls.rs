@@ -1,13 +1,17 @@
 //! TLS for the IMAP listeners: a rustls server configuration from the
-//! PEM certificate chain and key named in the config, and, for `estafette
+//! PEM certificate chain and key named in the config, reloadable while the
+//! server runs (SIGHUP after a renewal: new handshakes get the new
+//! certificate, established sessions keep theirs), and, for `estafette
 //! dev`, a self-signed certificate for localhost. Nothing else here: the
 //! handshake itself happens in the connection code.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -24,28 +28,69 @@ fn file_err(path: &Path, reason: impl ToString) -> TlsError {
     }
 }
 
-/// The server configuration for a certificate chain and key in PEM files.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(cert, e))?;
-    if certs.is_empty() {
-        return Err(file_err(cert, "no certificate in this file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
-    build(certs, key)
+/// The certificate and key the listeners present, read from PEM files and
+/// re-read on demand. A reload that fails (a half-written renewal, a key
+/// that does not match) keeps the certificate in use.
+#[derive(Debug)]
+pub struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
 }
 
-fn build(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+impl Certificate {
+    fn read(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| file_err(cert, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(cert, e))?;
+        if certs.is_empty() {
+            return Err(file_err(cert, "no certificate in this file"));
+        }
+        let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+        let provider = rustls::crypto::ring::default_provider();
+        let ck = CertifiedKey::from_der(certs, der, &provider)
+            .map_err(|e| file_err(key, format!("does not fit the certificate {}: {e}", cert.display())))?;
+        Ok(Arc::new(ck))
+    }
+
+    /// Reads the files again; on success new handshakes use them.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Self::read(&self.cert, &self.key)?;
+        if let Ok(mut cur) = self.current.write() {
+            *cur = fresh;
+        }
+        Ok(())
+    }
+
+    /// The end-entity certificate in use (DER).
+    pub fn leaf(&self) -> Option<Vec<u8>> {
+        let cur = self.current.read().ok()?;
+        cur.cert.first().map(|c| c.as_ref().to_vec())
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+/// The server configuration for a certificate chain and key in PEM files,
+/// and the handle that reloads them.
+pub fn load(cert: &Path, key: &Path) -> Result<(Arc<rustls::ServerConfig>, Arc<Certificate>), TlsError> {
+    let certificate = Arc::new(Certificate {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        current: RwLock::new(Certificate::read(cert, key)?),
+    });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(Arc::new(cfg))
+        .with_cert_resolver(certificate.clone());
+    Ok((Arc::new(cfg), certificate))
 }
 
 /// Writes a self-signed certificate for localhost/127.0.0.1 (PEM) to the
@@ -83,5 +128,24 @@ mod tests {
         std::fs::write(&c, "not a certificate").unwrap();
         let e = load(&c, &k).unwrap_err().to_string();
         assert!(e.contains("c.pem"), "{e}");
+    }
+
+    #[test]
+    fn reload_swaps_the_certificate_and_keeps_it_on_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let (c, k) = (d.path().join("c.pem"), d.path().join("k.pem"));
+        ensure_self_signed(&c, &k).unwrap();
+        let (_, cert) = load(&c, &k).unwrap();
+        let first = cert.leaf().unwrap();
+        // A renewal: new files, then a reload.
+        std::fs::remove_file(&c).unwrap();
+        ensure_self_signed(&c, &d.path().join("k2.pem")).unwrap();
+        // The new certificate with the old key does not fit: refused, kept.
+        let e = cert.reload().unwrap_err().to_string();
+        assert!(e.contains("k.pem") && e.contains("does not fit"), "{e}");
+        assert_eq!(cert.leaf().unwrap(), first);
+        std::fs::rename(d.path().join("k2.pem"), &k).unwrap();
+        cert.reload().unwrap();
+        assert_ne!(cert.leaf().unwrap(), first, "new handshakes get the renewed certificate");
     }
 }

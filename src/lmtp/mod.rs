@@ -248,10 +248,20 @@ impl Lmtp {
     }
 
     async fn recipient(&self, to: &str, rcpts: &mut Vec<Recipient>) -> String {
-        let Some(user) = self.accounts.directory().by_address(to) else {
-            return format!("550 5.1.1 <{to}>: no such user here\r\n");
+        // 5xx only for what the directory, read at quorum, does not have:
+        // while this node cannot know, the MTA is told to retry.
+        if !self.accounts.is_ready() {
+            return format!("451 4.3.0 <{to}>: this node is starting (user directory not loaded yet), try again later\r\n");
+        }
+        let user = match self.accounts.directory().resolve_address(to).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return format!("550 5.1.1 <{to}>: no such user here\r\n"),
+            Err(e) => {
+                log::warn!("LMTP: looking up <{to}>: {e}");
+                return format!("451 4.3.0 <{to}>: user directory unavailable, try again later\r\n");
+            }
         };
-        let uid = self.accounts.directory().user_id(&user.login);
+        let uid = user.id;
         let quota = user.quota_bytes();
         if let Some(q) = quota {
             // Already full: RFC 3463 X.2.2 is a persistent transient

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::mail::MailService;
+use super::readiness::ReadinessProbe;
 use crate::accounts::{Accounts, AccountsError};
+use crate::mail::MailService;
 use crate::storage::{ClusterStatus, Node, UserId};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,7 +37,12 @@ pub enum Request {
     UserDelete { login: String },
     /// Sets (or, with None, removes) a user's storage quota.
     UserQuota { login: String, quota: Option<String> },
-    UserList,
+    /// With `cached`, this node's copy of the directory as it is, without
+    /// asking the cluster (to see whether a change has reached it).
+    UserList {
+        #[serde(default)]
+        cached: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,7 +54,13 @@ pub enum Response {
     /// Live sibling values (hex); None if the item does not exist.
     Item { values: Option<Vec<String>> },
     Blob { value: Option<String> },
-    Users { users: Vec<UserInfo> },
+    Users {
+        users: Vec<UserInfo>,
+        /// Conflicts the directory resolved by its rules, and unfinished
+        /// deletions: things an operator should look at.
+        #[serde(default)]
+        notes: Vec<String>,
+    },
     Error { message: String },
 }
 
@@ -80,7 +92,8 @@ pub enum AdminError {
 pub async fn serve(
     path: PathBuf,
     node: Arc<Node>,
-    accounts: Option<Arc<Accounts>>,
+    accounts: Arc<Accounts>,
+    probe: Arc<ReadinessProbe>,
     mail: Arc<MailService>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // A socket left by a node that died is in the way; a live one answers.
@@ -103,9 +116,10 @@ pub async fn serve(
             let Ok((stream, _)) = listener.accept().await else { continue };
             let node = node.clone();
             let accounts = accounts.clone();
+            let probe = probe.clone();
             let mail = mail.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &node, accounts.as_deref(), &mail).await {
+                if let Err(e) = handle(stream, &node, &accounts, &probe, &mail).await {
                     log::debug!("admin connection: {e}");
                 }
             });
@@ -113,13 +127,19 @@ pub async fn serve(
     }))
 }
 
-async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>, mail: &MailService) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    node: &Node,
+    accounts: &Accounts,
+    probe: &ReadinessProbe,
+    mail: &MailService,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     while let Some(line) = lines.next_line().await? {
         let resp = match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error { message: format!("bad request: {e}") },
-            Ok(Request::Status) => Response::Status(node.status().await),
+            Ok(Request::Status) => Response::Status(status(node, accounts, probe).await),
             Ok(Request::LayoutApply) => match node.apply_configured_layout().await {
                 Ok(version) => Response::LayoutApplied { version },
                 Err(e) => Response::Error { message: e.to_string() },
@@ -129,13 +149,8 @@ async fn handle(stream: UnixStream, node: &Node, accounts: Option<&Accounts>, ma
                 | Request::UserPasswd { .. }
                 | Request::UserDelete { .. }
                 | Request::UserQuota { .. }
-                | Request::UserList),
-            ) => match accounts {
-                Some(a) => user_admin(a, mail, req).await.unwrap_or_else(|e| Response::Error { message: e.to_string() }),
-                None => Response::Error {
-                    message: "this node has no users file ([users] file in its configuration)".into(),
-                },
-            },
+                | Request::UserList { .. }),
+            ) => user_admin(accounts, mail, req).await.unwrap_or_else(|e| Response::Error { message: e.to_string() }),
             Ok(probe) => store_probe(node, probe).await.unwrap_or_else(|message| Response::Error { message }),
         };
         let mut out = serde_json::to_vec(&resp).unwrap_or_default();
@@ -163,17 +178,57 @@ async fn user_admin(accounts: &Accounts, mail: &MailService, req: Request) -> Re
             accounts.set_quota(&login, quota).await?;
             Ok(Response::Done)
         }
-        Request::UserList => {
-            let mut users = vec![];
-            for u in accounts.directory().users() {
-                let id = accounts.directory().user_id(&u.login);
-                let used = mail.usage.current(&id).await.ok();
-                users.push(UserInfo { login: u.login, addresses: u.addresses, home_region: u.home_region, quota: u.quota, used });
+        Request::UserList { cached } => {
+            let dir = accounts.cluster_directory();
+            if !cached {
+                if !accounts.is_ready() {
+                    return Err(crate::accounts::DirectoryError::NotReady.into());
+                }
+                // What a quorum holds now, not only what reached this node.
+                dir.load().await?;
             }
-            Ok(Response::Users { users })
+            let view = dir.view();
+            let mut users = vec![];
+            for (u, _) in view.users.values() {
+                // The cached view is for watching propagation: no reads.
+                let used = if cached { None } else { mail.usage.current(&u.id).await.ok() };
+                users.push(UserInfo {
+                    login: u.login.clone(),
+                    addresses: u.addresses.clone(),
+                    home_region: u.home_region.clone(),
+                    quota: u.quota.clone(),
+                    used,
+                });
+            }
+            let mut notes: Vec<String> = view.conflicts.iter().map(|c| c.to_string()).collect();
+            notes.extend(view.deleting.iter().map(|l| {
+                format!("deletion of `{l}` did not finish (a node stopped mid-way?): run `estafette user delete {l}` again")
+            }));
+            Ok(Response::Users { users, notes })
         }
         _ => Err(AccountsError::Invalid("not a user request".into())),
     }
+}
+
+/// The cluster's status with each node's readiness (asked over the node RPC).
+async fn status(node: &Node, accounts: &Accounts, probe: &ReadinessProbe) -> ClusterStatus {
+    let mut status = node.status().await;
+    let asks = status.nodes.iter().map(|n| {
+        let id: Option<[u8; 32]> = hex::decode(&n.id).ok().and_then(|b| b.try_into().ok());
+        let (this, up) = (n.this_node, n.up);
+        async move {
+            match id {
+                _ if this => Some(accounts.is_ready()),
+                Some(id) if up => probe.ask(id).await,
+                _ => None,
+            }
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    for (n, ready) in status.nodes.iter_mut().zip(answers) {
+        n.ready = ready;
+    }
+    status
 }
 
 async fn store_probe(node: &Node, req: Request) -> Result<Response, String> {

@@ -7,11 +7,12 @@
 
 pub mod admin;
 mod metrics;
+pub mod readiness;
 
 use std::sync::Arc;
 
-use crate::accounts::{Accounts, AccountsError, UsersFile};
-use crate::config::Config;
+use crate::accounts::{Accounts, AccountsError, ClusterDirectory, DeclaredUser, DirectoryKeys, UsersFile};
+use crate::config::{Config, ConfigError};
 use crate::crypto::KdfParams;
 use crate::lmtp::{Lmtp, LmtpLimits};
 use crate::mail::MailService;
@@ -19,6 +20,8 @@ use crate::storage::{Node, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -40,10 +43,11 @@ pub enum ServerError {
 /// A running appliance node; `stop` shuts it down cleanly.
 pub struct Server {
     pub node: Arc<Node>,
-    /// Present when the configuration names a users file.
-    pub accounts: Option<Arc<Accounts>>,
+    pub accounts: Arc<Accounts>,
     /// The mailbox engine on this node.
     pub mail: Arc<MailService>,
+    /// The TLS certificate of the IMAP listeners (reloaded on SIGHUP).
+    pub certificate: Option<Arc<crate::imap::Certificate>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     admin_socket: std::path::PathBuf,
 }
@@ -51,24 +55,22 @@ pub struct Server {
 impl Server {
     /// Starts every layer of one node from its configuration.
     pub async fn start(config: &Config) -> Result<Server, ServerError> {
+        let declared = declared_users(config)?;
         let node = Arc::new(Node::start(config).await?);
         let mut tasks = vec![];
-        let accounts = match &config.users.file {
-            Some(path) => {
-                let users = Arc::new(UsersFile::open(path)?);
-                tasks.push(users.spawn_watcher(std::time::Duration::from_secs(2)));
-                Some(Arc::new(Accounts::new(users, node.store(), KdfParams::default())))
-            }
-            None => None,
-        };
-        // Node slots are the layout's order: every node numbers them alike.
         let secret = config.rpc_secret().map_err(|e| StorageError::Setup(e.to_string()))?;
+        let directory = ClusterDirectory::new(node.store(), DirectoryKeys::from_secret(&secret), &config.node.name);
+        directory.attach(node.peer_rpc())?;
+        let accounts = Arc::new(Accounts::new(directory, node.store(), KdfParams::default()));
+        let probe = readiness::ReadinessProbe::register(node.peer_rpc(), &accounts)?;
+        tasks.push(tokio::spawn(bring_up(node.clone(), accounts.clone(), config.users.import_file.clone(), declared)));
+        // Node slots are the layout's order: every node numbers them alike.
         let slots: Vec<_> = config.cluster.nodes.iter().map(|n| crate::storage::node_id(&secret, &n.name)).collect();
         let slot = config.cluster.nodes.iter().position(|n| n.name == config.node.name).unwrap_or(0) as u8;
         let mail = MailService::new(node.store(), node.peer_rpc().clone(), slots, slot)?;
         // Unlocked keys leave memory once unused: the login cache after its
         // grace time, mailbox engines (which hold keys) once nobody uses them.
-        let (weak_accounts, weak_mail) = (accounts.as_ref().map(Arc::downgrade), Arc::downgrade(&mail));
+        let (weak_accounts, weak_mail) = (Some(Arc::downgrade(&accounts)), Arc::downgrade(&mail));
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
@@ -79,7 +81,9 @@ impl Server {
                 }
             }
         }));
-        if let (Some(addr), Some(accounts)) = (config.listen.lmtp, &accounts) {
+        // Listeners open now (a port in use fails the start) but answer
+        // "try again later" until the node is ready (`bring_up`).
+        if let Some(addr) = config.listen.lmtp {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Lmtp { addr: addr.to_string(), source })?;
@@ -98,11 +102,10 @@ impl Server {
             tasks.push(lmtp.serve(listener));
             log::info!("LMTP on {addr}");
         }
-        if let Some(accounts) = &accounts {
-            tasks.extend(start_imap(config, accounts, &mail, &node).await?);
-        }
+        let (imap_tasks, certificate) = start_imap(config, &accounts, &mail, &node).await?;
+        tasks.extend(imap_tasks);
         let admin_socket = config.admin_socket();
-        tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone(), mail.clone()).await.map_err(|source| {
+        tasks.push(admin::serve(admin_socket.clone(), node.clone(), accounts.clone(), probe, mail.clone()).await.map_err(|source| {
             ServerError::Admin {
                 path: admin_socket.display().to_string(),
                 source,
@@ -123,7 +126,22 @@ impl Server {
             admin_socket.display(),
             config.listen.metrics.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default(),
         );
-        Ok(Server { node, accounts, mail, tasks, admin_socket })
+        Ok(Server { node, accounts, mail, certificate, tasks, admin_socket })
+    }
+
+    /// Waits until the node answers for its users (storage ready, the
+    /// directory loaded, declared users provisioned), at most `deadline`.
+    pub async fn wait_ready(&self, deadline: std::time::Duration) -> Result<(), ServerError> {
+        let until = tokio::time::Instant::now() + deadline;
+        while !self.accounts.is_ready() {
+            if tokio::time::Instant::now() > until {
+                return Err(ServerError::Storage(StorageError::Unavailable(format!(
+                    "node not ready after {deadline:?} (storage or user directory unreachable)"
+                ))));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Stops listeners, then the storage node.
@@ -144,8 +162,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     serve_until_signal(server).await
 }
 
-/// Keeps a started node running until SIGINT or SIGTERM (SIGHUP rereads
-/// the users file), then shuts it down cleanly.
+/// Keeps a started node running until SIGINT or SIGTERM (SIGHUP reloads
+/// the TLS certificate and rereads the user directory), then shuts it down
+/// cleanly.
 pub async fn serve_until_signal(server: Server) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signal)?;
@@ -156,12 +175,19 @@ pub async fn serve_until_signal(server: Server) -> Result<(), ServerError> {
             _ = sigint.recv() => { log::info!("SIGINT: shutting down"); break }
             _ = sigterm.recv() => { log::info!("SIGTERM: shutting down"); break }
             _ = sighup.recv() => {
-                match &server.accounts {
-                    Some(a) => match a.users_file().reload() {
-                        Ok(()) => log::info!("SIGHUP: users file reloaded"),
-                        Err(e) => log::error!("SIGHUP: {e}; keeping the previous users"),
-                    },
-                    None => log::info!("SIGHUP: no users file to reload"),
+                // A renewed certificate: new handshakes get it, sessions
+                // stay up.
+                if let Some(cert) = &server.certificate {
+                    match cert.reload() {
+                        Ok(()) => log::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => log::error!("SIGHUP: {e}; keeping the certificate in use"),
+                    }
+                }
+                // The directory follows the cluster by itself; a reload
+                // only re-reads it in full.
+                match server.accounts.cluster_directory().load().await {
+                    Ok(n) => log::info!("SIGHUP: user directory reloaded ({n} record(s))"),
+                    Err(e) => log::error!("SIGHUP: reloading the user directory: {e}"),
                 }
             }
         }
@@ -177,13 +203,16 @@ async fn start_imap(
     accounts: &Arc<Accounts>,
     mail: &Arc<MailService>,
     node: &Arc<Node>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Option<Arc<crate::imap::Certificate>>), ServerError> {
     if config.listen.imap.is_none() && config.listen.imaps.is_none() {
-        return Ok(vec![]);
+        return Ok((vec![], None));
     }
-    let tls = match &config.tls {
-        Some(t) => Some(crate::imap::load_tls(&t.cert, &t.key).map_err(|e| ServerError::Tls(e.to_string()))?),
-        None => None,
+    let (tls, certificate) = match &config.tls {
+        Some(t) => {
+            let (cfg, cert) = crate::imap::load_tls(&t.cert, &t.key).map_err(|e| ServerError::Tls(e.to_string()))?;
+            (Some(cfg), Some(cert))
+        }
+        None => (None, None),
     };
     let loopback = config.listen.imap.is_some_and(|a| a.ip().is_loopback());
     let imap = Arc::new(crate::imap::Imap {
@@ -207,5 +236,128 @@ async fn start_imap(
         tasks.push(imap.clone().serve(listener, implicit));
         log::info!("IMAP{} on {addr}", if implicit { "S" } else { "" });
     }
-    Ok(tasks)
+    Ok((tasks, certificate))
+}
+
+/// The declared users of the configuration, checked with the accounts
+/// layer's rules (errors name the key).
+fn declared_users(config: &Config) -> Result<Vec<(DeclaredUser, std::path::PathBuf)>, ConfigError> {
+    let mut out = vec![];
+    for (i, d) in config.users.declare.iter().enumerate() {
+        let key = |field: &str| format!("users.declare[{i}].{field}");
+        crate::accounts::users_file::validate_login(&d.login).map_err(|r| config.invalid(&key("login"), r))?;
+        for (j, a) in d.addresses.iter().enumerate() {
+            if crate::accounts::directory::normalize_address(a).is_none() {
+                return Err(config.invalid(&key(&format!("addresses[{j}]")), format!("`{a}` is not local@domain")));
+            }
+        }
+        let user = DeclaredUser {
+            login: d.login.clone(),
+            addresses: d.addresses.clone(),
+            home_region: d.home_region.clone(),
+            quota: d.quota.clone(),
+            initial_password: String::new(),
+        };
+        out.push((user, d.initial_password_file.clone()));
+    }
+    Ok(out)
+}
+
+/// Reads a declared user's initial password file (its first line).
+fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r').to_string();
+    if line.is_empty() {
+        return Err(format!("{}: empty", path.display()));
+    }
+    Ok(line)
+}
+
+/// Brings a node to readiness: storage ready, the directory loaded (and
+/// then followed), an old users file imported, declared users created.
+/// Transient failures (no quorum yet) are retried until they pass.
+async fn bring_up(
+    node: Arc<Node>,
+    accounts: Arc<Accounts>,
+    import: Option<std::path::PathBuf>,
+    declared: Vec<(DeclaredUser, std::path::PathBuf)>,
+) {
+    use std::time::Duration;
+    let dir = accounts.cluster_directory().clone();
+    let mut complained = false;
+    loop {
+        let attempt = async {
+            node.wait_ready(Duration::from_secs(10)).await?;
+            dir.load().await
+        };
+        match attempt.await {
+            Ok(n) => {
+                log::info!("user directory loaded: {} user(s) ({n} record(s))", dir.view().users.len());
+                break;
+            }
+            Err(e) => {
+                if !complained {
+                    log::warn!("not ready yet (LMTP and IMAP answer \"try again later\"): {e}");
+                    complained = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let follow = dir.follow();
+    if let Some(path) = import {
+        loop {
+            let result = match UsersFile::read(&path) {
+                Ok(file) => dir.import(&file).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(None) => {
+                    log::info!("users file {} was imported before; it is no longer read (remove `users.import_file`)", path.display());
+                    break;
+                }
+                Ok(Some((n, skipped))) => {
+                    log::info!("users file {}: {n} user(s) imported into the replicated directory", path.display());
+                    for s in skipped {
+                        log::warn!("users file {}: not imported: {s}", path.display());
+                    }
+                    break;
+                }
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => {
+                    log::error!("importing users file {}: {e}", path.display());
+                    break;
+                }
+            }
+        }
+    }
+    let mut pending = declared;
+    while !pending.is_empty() {
+        let mut retry = vec![];
+        for (mut user, file) in pending {
+            if accounts.directory().user(&user.login).is_none() {
+                match read_password_file(&file) {
+                    Ok(pw) => user.initial_password = pw,
+                    Err(e) => {
+                        log::error!("declared user `{}`: initial password: {e}", user.login);
+                        continue;
+                    }
+                }
+            }
+            for (login, e) in accounts.provision(std::slice::from_ref(&user)).await {
+                if e.is_transient() {
+                    retry.push((user.clone(), file.clone()));
+                } else {
+                    log::error!("declared user `{login}`: {e}");
+                }
+            }
+        }
+        pending = retry;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    accounts.set_ready();
+    log::info!("ready: LMTP and IMAP serve users");
+    let _ = follow.await;
 }

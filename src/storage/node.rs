@@ -62,6 +62,10 @@ pub struct NodeStatus {
     pub this_node: bool,
     pub rtt_ms: Option<f64>,
     pub last_seen_secs_ago: Option<u64>,
+    /// Whether the node serves its users (filled in above this layer:
+    /// directory loaded, declared users created); None if unknown.
+    #[serde(default)]
+    pub ready: Option<bool>,
 }
 
 /// What `cluster status` shows.
@@ -81,13 +85,15 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    /// A layout, quorum for every partition, and reads served from the
-    /// current layout: what the cluster needs before it can be trusted.
+    /// A layout, quorum for every partition, reads served from the current
+    /// layout, and (where known) the node asked serving its users: what
+    /// the cluster needs before it can be trusted.
     pub fn ready(&self) -> bool {
         self.layout_version > 0
             && self.partitions > 0
             && self.partitions_with_quorum == self.partitions
             && self.read_version == self.layout_version
+            && self.nodes.iter().filter(|n| n.this_node).all(|n| n.ready != Some(false))
     }
 }
 
@@ -385,6 +391,7 @@ impl Node {
                     this_node: *id == me,
                     rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
                     last_seen_secs_ago: k.and_then(|k| k.last_seen_secs_ago),
+                    ready: None,
                 }
             })
             .collect();

@@ -1,6 +1,18 @@
 //! Helpers shared by integration tests.
 
+#![allow(dead_code)] // each test binary uses some of these
+
 use std::path::Path;
+
+/// The binary under test.
+pub fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_estafette")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn port() -> u16 {
+    estafette::storage::local::free_port().unwrap()
+}
 
 /// Files under `dir` that contain `needle` (proves nothing plaintext
 /// reached Garage's directories).
