@@ -9,6 +9,8 @@
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     in
     {
+      # For those who want pkgs.estafette in their own package set; the
+      # NixOS module does not need it.
       overlays.default = final: _prev: {
         estafette = final.callPackage ./nix/package.nix { };
       };
@@ -18,14 +20,20 @@
         default = estafette;
       });
 
-      nixosModules.default = { ... }: {
+      # The module, with services.estafette.package defaulting to this
+      # flake's package. It sets nothing under nixpkgs.*, so it also works
+      # where the package set is read-only (runNixOSTest, nixpkgs.pkgs).
+      nixosModules.default = { lib, pkgs, ... }: {
         imports = [ ./modules/estafette.nix ];
-        nixpkgs.overlays = [ self.overlays.default ];
+        services.estafette.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
       };
 
       checks = forAllSystems (pkgs: {
         package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        # Three regions and a Postfix node, as NixOS VMs (needs KVM).
         three-regions = pkgs.testers.runNixOSTest (import ./tests/nixos/three-regions.nix { inherit self; });
+        # The README's NixOS example (nix/example.nix) on one VM.
+        example = pkgs.testers.runNixOSTest (import ./tests/nixos/example.nix { inherit self; });
       });
 
       devShells = forAllSystems (pkgs: {

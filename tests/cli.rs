@@ -35,7 +35,7 @@ nodes = [
 imap = "0.0.0.0:143"
 imaps = "0.0.0.0:993"
 lmtp = "127.0.0.1:24"
-metrics = "127.0.0.1:9187"
+metrics = "127.0.0.1:10190"
 
 [tls]
 cert = "/etc/estafette/tls/cert.pem"

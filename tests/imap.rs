@@ -153,6 +153,12 @@ fn three_regions_append_on_one_node_idle_on_another() {
 }
 
 #[test]
+fn mail_acknowledged_before_a_login_is_in_its_first_select_on_another_node() {
+    let dev = dev_regions(3);
+    script_env(&dev, "test_queued_delivery.py", &[("IMAP_HOST1", "127.0.0.1"), ("IMAP_HOST3", "127.0.0.3")]);
+}
+
+#[test]
 fn rfc9208_quota_append_copy_expunge_and_lmtp() {
     script(&dev(), "test_rfc9208_quota.py");
 }

@@ -15,7 +15,7 @@ fn the_rendered_config_is_accepted() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.node.name, "paris");
     assert_eq!(c.cluster.nodes.len(), 3);
-    assert_eq!(c.rpc_public_addr().to_string(), "192.168.1.1:3901");
+    assert_eq!(c.rpc_public_addr().to_string(), "192.168.1.3:3901");
 }
 
 #[test]

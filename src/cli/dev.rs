@@ -27,7 +27,7 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 3901)]
     rpc_port: u16,
     /// Prometheus metrics port of every node.
-    #[arg(long, default_value_t = 9187)]
+    #[arg(long, default_value_t = 10190)]
     metrics_port: u16,
     /// LMTP port of every node.
     #[arg(long, default_value_t = 1025)]

@@ -108,6 +108,9 @@ struct Enabled {
     rev2: bool,
 }
 
+/// The longest a mailbox command waits for the filing started at login.
+const FILING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Session {
     imap: Arc<Imap>,
     conn: Conn,
@@ -118,6 +121,10 @@ pub struct Session {
     /// SEARCHRES: the last saved result, as UIDs.
     saved: Vec<Uid>,
     logout: bool,
+    /// The filing of mail queued before this login, until it has ended:
+    /// SELECT, EXAMINE, STATUS and LIST wait for it, so that what LMTP
+    /// acknowledged before the login is in what they show.
+    filing: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 fn astr(a: &AString<'_>) -> String {
@@ -205,6 +212,15 @@ impl Session {
             enabled: Enabled::default(),
             saved: vec![],
             logout: false,
+            filing: None,
+        }
+    }
+
+    /// Waits for the filing started at login (once; bounded, in case
+    /// storage stalls: the mail then arrives as EXISTS later).
+    async fn settle_incoming(&mut self) {
+        if let Some(rx) = self.filing.take() {
+            let _ = tokio::time::timeout(FILING_WAIT, rx).await;
         }
     }
 
@@ -414,6 +430,7 @@ impl Session {
             CommandBody::List { reference, mailbox_wildcard } => self.list(&reference, &mailbox_wildcard, extras, false).await,
             CommandBody::Lsub { reference, mailbox_wildcard } => self.list(&reference, &mailbox_wildcard, extras, true).await,
             CommandBody::Status { mailbox, item_names } => {
+                self.settle_incoming().await;
                 let name = self.name_in(&mailbox);
                 let items: Vec<StatusDataItemName> = item_names.to_vec();
                 let info = match self.find(&name).await {
@@ -557,8 +574,8 @@ impl Session {
                     _session: s,
                 });
                 // Mail delivered while the user was away goes into INBOX
-                // now; the session sees it arrive like any new mail.
-                self.imap.mail.file_queued(keys);
+                // now; the mailbox commands that follow wait for it.
+                self.filing = Some(self.imap.mail.file_queued_now(keys));
                 log::info!("IMAP login of {} from {}", self.user().login, self.peer);
                 Done::Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
             }
@@ -624,6 +641,7 @@ impl Session {
     }
 
     async fn select(&mut self, mailbox: &ImapMailbox<'_>, params: Vec<SelectParameter>, read_only: bool) -> Result<Done, ConnError> {
+        self.settle_incoming().await;
         if self.selected.take().is_some() {
             self.conn.write(b"* OK [CLOSED] Previous mailbox closed\r\n").await?;
         }
@@ -937,6 +955,7 @@ impl Session {
     }
 
     async fn list(&mut self, reference: &ImapMailbox<'_>, pattern: &ListMailbox<'_>, extras: &Extras, lsub: bool) -> Result<Done, ConnError> {
+        self.settle_incoming().await;
         let reference = match reference {
             ImapMailbox::Inbox => "INBOX".to_string(),
             ImapMailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).to_string(),

@@ -3,14 +3,19 @@
 //!
 //! Delivery needs only the recipient's public key: the message is sealed
 //! with a fresh random key and stored as the body blob it will keep
-//! (`msg/<id>`), and an item in partition `incoming` holds that key and the
-//! arrival time, sealed to the public key. Both writes are quorum writes,
-//! made concurrently; LMTP answers 250 once both are done. Filing (at the
-//! recipient's next login, or at once when their keys are unlocked on the
-//! delivering node) opens the item, parses the body, writes the metadata,
-//! sequences an Append whose operation id is derived from the message id
-//! (so two nodes filing the same message at once apply it once), and
-//! deletes the item.
+//! (`msg/<id>`), and an item in partition `incoming` holds that key, the
+//! arrival time and the parsed metadata (envelope, structure, size: all the
+//! work that needs no secret key, done while the message is at hand),
+//! sealed to the public key. Both writes are quorum writes, made
+//! concurrently; LMTP answers 250 once both are done. Queue items sort by
+//! arrival, so filing in key order gives UIDs in arrival order.
+//!
+//! Filing (at the recipient's next login, or at once when their keys are
+//! unlocked on the delivering node) opens each item, checks the body is
+//! there, writes the metadata under the master key, then sequences the
+//! Appends of a whole batch in arrival order (one sequencer entry), with
+//! operation ids derived from the message ids (so two nodes filing the
+//! same message at once apply it once), and deletes the items.
 //!
 //! When the delivering node holds the recipient's keys (they have a session
 //! there), the metadata is written together with the queue item, before
@@ -45,6 +50,10 @@ struct Envelope {
     /// delivery); other nodes' scans leave it alone for a while.
     #[serde(default)]
     filer: Option<NodeSlot>,
+    /// Parsed at delivery (absent in items from before, and when `filer`
+    /// wrote the metadata itself).
+    #[serde(default)]
+    meta: Option<message::MessageMeta>,
 }
 
 /// How long other nodes leave a delivery to the node filing it itself;
@@ -92,10 +101,12 @@ pub async fn deliver(
         blob_key: *key.to_bytes(),
         internal_date,
         filer: keys.map(|_| filer),
+        // Without the keys, parse now: filing then needs no body read.
+        meta: keys.is_none().then(|| message::parse_meta(raw, internal_date)),
     };
     let env_bytes = rmp_serde::to_vec_named(&envelope).map_err(|e| StorageError::Invalid(e.to_string()))?;
     let item = public.seal(&env_bytes);
-    let sk = format!("{id:016x}");
+    let sk = queue_key(chrono::Utc::now().timestamp_millis(), id);
     // Metadata for a message nobody sequences is never read: harmless if
     // the delivery fails.
     let meta = async {
@@ -122,6 +133,12 @@ pub async fn deliver(
     Ok(Delivered { message: id, prepared })
 }
 
+/// The queue item's sort key: arrival time first, so a range read lists
+/// the queue in the order deliveries were acknowledged.
+fn queue_key(arrival_ms: i64, id: MessageId) -> String {
+    format!("{:013x}-{id:016x}", arrival_ms.max(0))
+}
+
 /// Sequences the Append of a message [`deliver`] prepared. Its queue item
 /// stays until the next scan, which sees the message filed and deletes it.
 pub async fn file_delivered(service: &Arc<MailService>, keys: &Arc<UserKeys>, message: MessageId) -> Result<(), StorageError> {
@@ -142,7 +159,7 @@ pub async fn file_delivered(service: &Arc<MailService>, keys: &Arc<UserKeys>, me
 /// Files everything queued for the user into INBOX; returns how many
 /// messages were filed. Safe to run on several nodes at once.
 pub async fn file_incoming(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>) -> Result<usize, StorageError> {
-    let s = scan(service, store, keys).await?;
+    let s = scan(service, store, keys, true).await?;
     if s.failed > 0 {
         return Err(StorageError::Unavailable(format!("{} queued message(s) could not be filed yet", s.failed)));
     }
@@ -150,26 +167,52 @@ pub async fn file_incoming(service: &Arc<MailService>, store: &Store, keys: &Arc
 }
 
 /// [`file_incoming`], also saying what was left for later. Items are
-/// filed several at once (their Appends share sequencer entries); one that
-/// fails does not stop the others.
-pub async fn scan(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>) -> Result<Scan, StorageError> {
+/// prepared several at once, then appended in arrival order in batches
+/// (one sequencer entry each); one that fails does not stop the others.
+/// With `all`, deliveries another node is filing itself are filed too
+/// (a login: what was acknowledged must be in the next SELECT; racing
+/// filers append a message once).
+pub async fn scan(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>, all: bool) -> Result<Scan, StorageError> {
     let items = store.range(&keys.user, PARTITION, &Range::default()).await?;
-    let results: Vec<Result<Step, StorageError>> = futures::stream::iter(items)
-        .map(|it| file_one(service, store, keys, it))
-        .buffer_unordered(FILE_AT_ONCE)
-        .collect()
-        .await;
     let mut scan = Scan { filed: 0, waiting: false, failed: 0 };
     let mut first_error = None;
-    for r in results {
-        match r {
-            Ok(Step::Filed) => scan.filed += 1,
-            Ok(Step::Waiting) => scan.waiting = true,
-            Ok(Step::Done) => {}
-            Err(e) => {
-                scan.failed += 1;
-                first_error.get_or_insert(e);
+    for batch in items.chunks(APPEND_BATCH) {
+        // `buffered` keeps the queue's (arrival) order.
+        let prepared: Vec<Result<Step, StorageError>> = futures::stream::iter(batch.iter().cloned())
+            .map(|it| prepare(service, store, keys, it, all))
+            .buffered(PREPARE_AT_ONCE)
+            .collect()
+            .await;
+        let mut ready = vec![];
+        for r in prepared {
+            match r {
+                Ok(Step::Ready(message, item)) => ready.push((message, item)),
+                Ok(Step::Waiting) => scan.waiting = true,
+                Ok(Step::Done) => {}
+                Err(e) => {
+                    scan.failed += 1;
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        if ready.is_empty() {
+            continue;
+        }
+        // The op id is the message id: racing filers append each once.
+        let ops = ready.iter().map(|(m, _)| (*m, Op::Append { message: *m, flags: vec![] })).collect();
+        if let Err(e) = service.submit(keys, INBOX_ID, ops).await {
+            scan.failed += ready.len();
+            first_error.get_or_insert(StorageError::Unavailable(e.to_string()));
+            continue;
+        }
+        scan.filed += ready.len();
+        for (m, _) in &ready {
+            service.note_filed(&keys.user, *m);
+        }
+        let done: Vec<crate::storage::Item> = ready.into_iter().map(|(_, it)| it).collect();
+        if let Err(e) = store.delete_items(&keys.user, PARTITION, &done).await {
+            // Filed; the next scan sees them filed and deletes the items.
+            log::debug!("deleting filed queue items: {e}");
         }
     }
     if let Some(e) = first_error {
@@ -178,18 +221,27 @@ pub async fn scan(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys
     Ok(scan)
 }
 
-/// Queue items filed at once by one scan.
-const FILE_AT_ONCE: usize = 8;
+/// Queue items prepared at once by one scan.
+const PREPARE_AT_ONCE: usize = 8;
+/// Appends sequenced together (one sequencer entry).
+const APPEND_BATCH: usize = 256;
 
 enum Step {
-    Filed,
+    /// Metadata written: append it (then delete the queue item).
+    Ready(MessageId, crate::storage::Item),
     /// Left to the node filing it, or its body is not there yet.
     Waiting,
     /// Nothing to do, or only the item to delete.
     Done,
 }
 
-async fn file_one(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys>, it: crate::storage::Item) -> Result<Step, StorageError> {
+async fn prepare(
+    service: &Arc<MailService>,
+    store: &Store,
+    keys: &Arc<UserKeys>,
+    it: crate::storage::Item,
+    all: bool,
+) -> Result<Step, StorageError> {
     let Some(sealed) = it.values.first() else { return Ok(Step::Done) };
     let env: Envelope = match keys.unseal(sealed).ok().and_then(|b| rmp_serde::from_slice(&b).ok()) {
         Some(e) => e,
@@ -206,39 +258,49 @@ async fn file_one(service: &Arc<MailService>, store: &Store, keys: &Arc<UserKeys
     // left alone for a while; a later scan deletes its item.
     let age = chrono::Utc::now().timestamp() - env.internal_date;
     let mine_failed = env.filer == Some(service.node_slot()) && service.direct_failure(&keys.user, env.message);
-    if env.filer.is_some() && age < FILER_GRACE_SECS && !mine_failed {
+    if !all && env.filer.is_some() && age < FILER_GRACE_SECS && !mine_failed {
         return Ok(Step::Waiting);
     }
     let key = MasterKey::from_bytes(env.blob_key);
     let blob_name = format!("msg/{:016x}", env.message);
-    let Some(reader) = store.get_blob(&keys.user, &blob_name).await? else {
-        // The body and the queue entry are written concurrently: a
-        // delivery may still be under way. Only an old entry without a
-        // body is an orphan (the body write failed, LMTP answered 451
-        // and the sender retried): drop it then.
-        if age > ORPHAN_AFTER_SECS {
-            store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
-            return Ok(Step::Done);
+    match env.meta {
+        // Parsed at delivery: the body need only be there, not read.
+        Some(meta) => {
+            if !store.blob_exists(&keys.user, &blob_name).await? {
+                return without_body(store, &keys.user, &it, age).await;
+            }
+            message::put_meta(store, keys, INBOX_ID, env.message, &key, &meta).await?;
         }
-        return Ok(Step::Waiting);
-    };
-    let mut dec = crate::crypto::BlobDecryptor::new(&key, blob_name.as_bytes());
-    let mut raw = Vec::with_capacity(reader.size as usize);
-    let mut chunks = reader.chunks;
-    while let Some(c) = chunks.next().await {
-        raw.extend(dec.push(&c?).map_err(|e| StorageError::Corrupt(e.to_string()))?);
+        // The metadata was written by the delivering node (or the item is
+        // from before metadata travelled with it): it is parsed again
+        // from the body, which also checks the body is there.
+        None => {
+            let Some(reader) = store.get_blob(&keys.user, &blob_name).await? else {
+                return without_body(store, &keys.user, &it, age).await;
+            };
+            let mut dec = crate::crypto::BlobDecryptor::new(&key, blob_name.as_bytes());
+            let mut raw = Vec::with_capacity(reader.size as usize);
+            let mut chunks = reader.chunks;
+            while let Some(c) = chunks.next().await {
+                raw.extend(dec.push(&c?).map_err(|e| StorageError::Corrupt(e.to_string()))?);
+            }
+            dec.finish().map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            message::put_parsed(store, keys, INBOX_ID, env.message, &key, &raw, env.internal_date).await?;
+        }
     }
-    dec.finish().map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    message::put_parsed(store, keys, INBOX_ID, env.message, &key, &raw, env.internal_date).await?;
-    // The op id is the message id: racing filers append it once.
-    let op = (env.message, Op::Append { message: env.message, flags: vec![] });
-    service
-        .submit(keys, INBOX_ID, vec![op])
-        .await
-        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-    service.note_filed(&keys.user, env.message);
-    store.delete(&keys.user, PARTITION, &it.sort_key, &it.token).await?;
-    Ok(Step::Filed)
+    Ok(Step::Ready(env.message, it))
+}
+
+/// A queue entry whose body is not there. The body and the entry are
+/// written concurrently: a delivery may still be under way (not yet
+/// acknowledged). Only an old entry without a body is an orphan (the body
+/// write failed, LMTP answered 451 and the sender retried): dropped then.
+async fn without_body(store: &Store, user: &UserId, it: &crate::storage::Item, age: i64) -> Result<Step, StorageError> {
+    if age > ORPHAN_AFTER_SECS {
+        store.delete(user, PARTITION, &it.sort_key, &it.token).await?;
+        return Ok(Step::Done);
+    }
+    Ok(Step::Waiting)
 }
 
 /// Messages waiting in the queue (for tests and status).

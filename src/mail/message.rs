@@ -378,7 +378,9 @@ pub async fn put_parsed(
     Ok(meta)
 }
 
-async fn put_meta(
+/// Writes metadata parsed earlier (at delivery, before the keys were at
+/// hand) for a message whose body is stored under `key`.
+pub async fn put_meta(
     store: &Store,
     keys: &Arc<UserKeys>,
     mailbox: &str,

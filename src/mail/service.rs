@@ -107,6 +107,16 @@ impl Drop for Open {
     }
 }
 
+/// A user's filing task: whether to scan once more when this scan ends,
+/// with `all` (deliveries other nodes file included), and who waits for
+/// that next scan.
+#[derive(Default)]
+struct Filing {
+    again: bool,
+    all_next: bool,
+    waiting_next: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
 pub struct MailService {
     /// Storage usage per user (quotas).
     pub usage: Arc<super::usage::Usage>,
@@ -116,8 +126,8 @@ pub struct MailService {
     slots: Vec<PeerId>,
     cfg: EngineConfig,
     open: Mutex<HashMap<(UserId, String), Open>>,
-    /// Users whose queue is being scanned here; true: scan again after.
-    filing: Mutex<HashMap<UserId, bool>>,
+    /// Users whose queue is being scanned here, and what comes after.
+    filing: Mutex<HashMap<UserId, Filing>>,
     /// Deliveries this node failed to file itself.
     direct_failed: Mutex<std::collections::HashSet<(UserId, super::model::MessageId)>>,
     /// Users with a later queue scan scheduled.
@@ -453,20 +463,39 @@ impl MailService {
     /// Files the user's queued mail in the background. Scans do not pile
     /// up: while one runs, further requests make it run once more.
     pub fn file_queued(self: &Arc<Self>, keys: Arc<UserKeys>) {
+        self.request_filing(keys, false, None);
+    }
+
+    /// Files everything queued for the user, deliveries other nodes are
+    /// filing themselves included, and resolves the returned receiver once
+    /// a scan that started after this call has ended (filed, or failed).
+    /// A login calls it: what LMTP acknowledged before the login must be
+    /// in the SELECTs that follow it.
+    pub fn file_queued_now(self: &Arc<Self>, keys: Arc<UserKeys>) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.request_filing(keys, true, Some(tx));
+        rx
+    }
+
+    fn request_filing(self: &Arc<Self>, keys: Arc<UserKeys>, all: bool, done: Option<tokio::sync::oneshot::Sender<()>>) {
         {
             let mut f = self.filing.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(again) = f.get_mut(&keys.user) {
-                *again = true;
+            if let Some(running) = f.get_mut(&keys.user) {
+                running.again = true;
+                running.all_next |= all;
+                running.waiting_next.extend(done);
                 return;
             }
-            f.insert(keys.user, false);
+            f.insert(keys.user, Filing::default());
         }
         let me = self.clone();
+        let mut current: Vec<tokio::sync::oneshot::Sender<()>> = done.into_iter().collect();
+        let mut all_now = all;
         tokio::spawn(async move {
             // When to look again at what this scan left.
             let mut later: Option<Duration>;
             loop {
-                later = match super::incoming::scan(&me, &me.store, &keys).await {
+                later = match super::incoming::scan(&me, &me.store, &keys, all_now).await {
                     Ok(s) if s.failed > 0 => Some(RETRY_FILING),
                     Ok(s) if s.waiting => Some(Duration::from_secs(super::incoming::FILER_GRACE_SECS as u64 + 1)),
                     Ok(_) => None,
@@ -475,9 +504,16 @@ impl MailService {
                         Some(RETRY_FILING)
                     }
                 };
+                for w in current.drain(..) {
+                    let _ = w.send(());
+                }
                 let mut f = me.filing.lock().unwrap_or_else(|p| p.into_inner());
                 match f.get_mut(&keys.user) {
-                    Some(again) if *again => *again = false,
+                    Some(running) if running.again => {
+                        running.again = false;
+                        all_now = std::mem::take(&mut running.all_next);
+                        current = std::mem::take(&mut running.waiting_next);
+                    }
                     _ => {
                         f.remove(&keys.user);
                         break;

@@ -260,6 +260,21 @@ impl Store {
     }
 
     /// Opens a blob for reading; None if there is none under `key`.
+    /// Whether a complete blob is stored under `key` (one quorum read of
+    /// the object; nothing of the body is read).
+    pub async fn blob_exists(&self, user: &UserId, key: &str) -> Result<bool, StorageError> {
+        let key = user.scoped(key);
+        let Some(object) = self.garage.object_table.get(&self.bucket, &key).await? else {
+            return Ok(false);
+        };
+        Ok(object.versions().iter().rev().find(|v| v.is_complete()).is_some_and(|v| {
+            matches!(
+                v.state,
+                ObjectVersionState::Complete(ObjectVersionData::Inline(..) | ObjectVersionData::FirstBlock(..))
+            )
+        }))
+    }
+
     pub async fn get_blob(&self, user: &UserId, key: &str) -> Result<Option<BlobReader>, StorageError> {
         let key = user.scoped(key);
         let Some(object) = self.garage.object_table.get(&self.bucket, &key).await? else {
