@@ -117,6 +117,11 @@ fn rfc9051_search_esearch_searchres_within() {
 }
 
 #[test]
+fn rfc3501_recent_and_new_keywords_told_to_other_sessions() {
+    script(&dev(), "test_rfc3501_recent.py");
+}
+
+#[test]
 fn rfc7162_condstore_and_qresync() {
     script(&dev(), "test_rfc7162_condstore_qresync.py");
 }

@@ -317,9 +317,11 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>, s: &Scope) -> bool {
         Unseen => !has_flag(c, "\\Seen"),
         Keyword(k) => has_flag(c, k.as_ref()),
         Unkeyword(k) => !has_flag(c, k.as_ref()),
-        // No session ever sees \Recent here (IMAP4rev2 dropped it).
-        Recent | New => false,
-        Old => true,
+        // \Recent is in the flags of IMAP4rev1 sessions only (IMAP4rev2
+        // dropped it): there NEW and RECENT match nothing, OLD everything.
+        Recent => has_flag(c, "\\Recent"),
+        New => has_flag(c, "\\Recent") && !has_flag(c, "\\Seen"),
+        Old => !has_flag(c, "\\Recent"),
         Larger(n) => c.meta.is_some_and(|m| m.size > u64::from(*n)),
         Smaller(n) => c.meta.is_some_and(|m| m.size < u64::from(*n)),
         Before(d) => internal_day(c).is_some_and(|x| x < naive(d)),

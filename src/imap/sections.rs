@@ -59,8 +59,9 @@ pub fn find_part(meta: &MessageMeta, path: &[u32]) -> Option<usize> {
         };
         // Part 1 of a leaf inside a multipart is the leaf itself (as
         // Dovecot answers BODY[2.1] of a text part 2); a single-part
-        // message's part 1 has no sub-parts.
-        if depth > 0 && cur == 0 {
+        // message's part 1 has no sub-parts, unless the message itself is
+        // a message/rfc822 (then 1.1 is the embedded message's part 1).
+        if depth > 0 && cur == 0 && !meta.parts.first().is_some_and(is_message) {
             return None;
         }
         cur = step(meta, base, *n)?;
@@ -81,7 +82,10 @@ pub fn resolve(meta: &MessageMeta, path: &[u32], kind: &Kind) -> Spec {
             Some(i) => {
                 let p = meta.parts.get(i)?;
                 let nested = meta.parts.get(p.message?)?;
-                Some((nested.offset_header, nested.offset_body, nested.offset_end.max(nested.offset_body)))
+                // The embedded message ends where its enclosing part does
+                // (a multipart's epilogue belongs to its TEXT).
+                let end = p.offset_end.max(nested.offset_end).max(nested.offset_body);
+                Some((nested.offset_header, nested.offset_body, end))
             }
         }
     };

@@ -99,6 +99,40 @@ struct Selected {
     uids: Vec<Uid>,
     /// Flag changes up to this MODSEQ have been told.
     told_modseq: ModSeq,
+    /// How many flag names (system flags and keywords) the last FLAGS
+    /// response listed: a keyword first used since gets a new FLAGS
+    /// response before any FETCH shows it (RFC 9051 §7.3.5).
+    flags_told: usize,
+    /// Messages that are \Recent in this session (IMAP4rev1 only): the
+    /// ones it was first to be told about (`mail::recent`).
+    recent: std::collections::BTreeSet<Uid>,
+}
+
+/// A message's flag names as this session shows them: with `\Recent`
+/// when it is recent here.
+fn shown_flags(recent: &std::collections::BTreeSet<Uid>, uid: Uid, mut names: Vec<String>) -> Vec<String> {
+    if recent.contains(&uid) {
+        names.push("\\Recent".into());
+    }
+    names
+}
+
+/// The FLAGS and PERMANENTFLAGS responses for a mailbox: the system flags
+/// and every keyword used in it (new keywords may be created: `\*`).
+fn flags_responses(idx: &crate::mail::index::MailboxIndex, read_only: bool) -> (Vec<u8>, usize) {
+    let mut flags: Vec<String> = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect();
+    for k in idx.flag_names(u64::MAX) {
+        if !flags.contains(&k) {
+            flags.push(k);
+        }
+    }
+    let mut out = format!("* FLAGS ({})\r\n", flags.join(" ")).into_bytes();
+    if read_only {
+        out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+    } else {
+        out.extend_from_slice(format!("* OK [PERMANENTFLAGS ({} \\*)] Flags permitted\r\n", flags.join(" ")).as_bytes());
+    }
+    (out, flags.len())
 }
 
 #[derive(Default)]
@@ -214,6 +248,39 @@ impl Session {
             logout: false,
             filing: None,
         }
+    }
+
+    /// A CONDSTORE enabling command (RFC 7162 §3.1: FETCH or SEARCH with
+    /// MODSEQ, STORE UNCHANGEDSINCE, STATUS HIGHESTMODSEQ, ...): from now
+    /// on every untagged FETCH carries MODSEQ, and the first one with a
+    /// mailbox selected reports its HIGHESTMODSEQ.
+    async fn enable_condstore(&mut self) -> Result<(), ConnError> {
+        if self.enabled.condstore {
+            return Ok(());
+        }
+        self.enabled.condstore = true;
+        if let Some(sel) = &self.selected {
+            let line = format!("* OK [HIGHESTMODSEQ {}] Highest\r\n", sel.told_modseq);
+            self.conn.write(line.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the client about keywords new to the selected mailbox (FLAGS,
+    /// PERMANENTFLAGS) before a response that may show them: the view a
+    /// command renders from may be newer than the last sync.
+    async fn announce_flags(&mut self) -> Result<(), ConnError> {
+        let Some(sel) = self.selected.as_mut() else { return Ok(()) };
+        let (told, read_only) = (sel.flags_told, sel.read_only);
+        let update = sel
+            .mb
+            .with_view(|v| v.filter(|idx| idx.flag_count() != told).map(|idx| flags_responses(idx, read_only)))
+            .await;
+        if let Some((lines, n)) = update {
+            sel.flags_told = n;
+            self.conn.write(&lines).await?;
+        }
+        Ok(())
     }
 
     /// Waits for the filing started at login (once; bounded, in case
@@ -431,6 +498,9 @@ impl Session {
             CommandBody::Lsub { reference, mailbox_wildcard } => self.list(&reference, &mailbox_wildcard, extras, true).await,
             CommandBody::Status { mailbox, item_names } => {
                 self.settle_incoming().await;
+                if item_names.iter().any(|i| matches!(i, StatusDataItemName::HighestModSeq)) {
+                    self.enable_condstore().await?;
+                }
                 let name = self.name_in(&mailbox);
                 let items: Vec<StatusDataItemName> = item_names.to_vec();
                 let info = match self.find(&name).await {
@@ -673,27 +743,26 @@ impl Session {
             }
         }
         let rev2 = self.enabled.rev2;
-        let (out, uids, highest) = mb
+        // \Recent (IMAP4rev1): what no session has been told about yet. A
+        // read-write SELECT takes it (atomically on this node: two SELECTs
+        // never both get a message); EXAMINE only looks.
+        let keys = self.user().keys.clone();
+        let recent_range = if rev2 {
+            Uid::MAX..Uid::MAX
+        } else if read_only {
+            self.imap.mail.recent.floor(&keys, &info.id).await..Uid::MAX
+        } else {
+            let uidnext = mb.with_view(|v| v.map_or(1, |i| i.uidnext)).await;
+            self.imap.mail.recent.claim(&keys, &info.id, uidnext).await
+        };
+        let (out, uids, highest, flags_told) = mb
             .with_view(|v| {
-                let Some(idx) = v else { return (vec![], vec![], 0) };
-                let mut out = vec![];
-                let mut flags = vec!["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"].iter().map(|s| s.to_string()).collect::<Vec<_>>();
-                for k in idx.flag_names(u64::MAX) {
-                    if !flags.contains(&k) {
-                        flags.push(k);
-                    }
-                }
-                out.extend_from_slice(format!("* FLAGS ({})\r\n", flags.join(" ")).as_bytes());
-                if read_only {
-                    out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
-                } else {
-                    out.extend_from_slice(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n");
-                }
+                let Some(idx) = v else { return (vec![], vec![], 0, 0) };
+                let (mut out, flags_told) = flags_responses(idx, read_only);
                 out.extend_from_slice(format!("* {} EXISTS\r\n", idx.len()).as_bytes());
                 if !rev2 {
-                    out.extend_from_slice(b"* 0 RECENT\r\n");
-                    let seen = idx.flag_names(1);
-                    let _ = seen;
+                    let recent = idx.messages().iter().filter(|m| recent_range.contains(&m.uid)).count();
+                    out.extend_from_slice(format!("* {recent} RECENT\r\n").as_bytes());
                     if let Some(pos) = idx.messages().iter().position(|m| m.flags & 1 == 0) {
                         out.extend_from_slice(format!("* OK [UNSEEN {}] First unseen\r\n", pos + 1).as_bytes());
                     }
@@ -714,16 +783,21 @@ impl Session {
                         }
                         for m in idx.changed_since(*since) {
                             let seq = idx.seq_of(m.uid).unwrap_or(0);
+                            let mut names = idx.flag_names(m.flags);
+                            if recent_range.contains(&m.uid) {
+                                names.push("\\Recent".into());
+                            }
                             out.extend_from_slice(format!("* {seq} FETCH (UID {} FLAGS (", m.uid).as_bytes());
-                            out.extend_from_slice(idx.flag_names(m.flags).join(" ").as_bytes());
+                            out.extend_from_slice(names.join(" ").as_bytes());
                             out.extend_from_slice(format!(") MODSEQ ({}))\r\n", m.modseq).as_bytes());
                         }
                     }
                 }
-                (out, idx.messages().iter().map(|m| m.uid).collect(), idx.highestmodseq)
+                (out, idx.messages().iter().map(|m| m.uid).collect(), idx.highestmodseq, flags_told)
             })
             .await;
         self.conn.write(&out).await?;
+        let recent: std::collections::BTreeSet<Uid> = uids.iter().copied().filter(|u| recent_range.contains(u)).collect();
         self.selected = Some(Selected {
             info,
             read_only,
@@ -732,6 +806,8 @@ impl Session {
             seen_stale,
             uids,
             told_modseq: highest,
+            flags_told,
+            recent,
         });
         Ok(Done::Ok(if read_only { "[READ-ONLY] EXAMINE completed" } else { "[READ-WRITE] SELECT completed" }.into()))
     }
@@ -756,6 +832,7 @@ impl Session {
     /// UIDs whose flags were told. `skip_modseq`: changes with this MODSEQ
     /// are the client's own STORE .SILENT and are not echoed.
     async fn sync(&mut self, expunges: bool, skip_modseq: Option<ModSeq>) -> Result<Vec<Uid>, ConnError> {
+        let rev2 = self.enabled.rev2;
         let condstore = self.enabled.condstore;
         let qresync = self.enabled.qresync;
         let Some(sel) = self.selected.as_mut() else { return Ok(vec![]) };
@@ -768,12 +845,22 @@ impl Session {
             }
         }
         let told = sel.told_modseq;
+        let (flags_told, read_only) = (sel.flags_told, sel.read_only);
         let uids = &mut sel.uids;
-        let (out, flagged, highest) = sel
+        let recent = &sel.recent;
+        let (mut out, flagged, highest, flags_now, new) = sel
             .mb
             .with_view(|v| {
-                let Some(idx) = v else { return (vec![], vec![], told) };
+                let Some(idx) = v else { return (vec![], vec![], told, flags_told, vec![]) };
                 let mut out = vec![];
+                // A keyword new to the mailbox: FLAGS first, then the
+                // FETCHes that use it.
+                let mut flags_now = flags_told;
+                if idx.flag_count() != flags_told {
+                    let (lines, n) = flags_responses(idx, read_only);
+                    out.extend_from_slice(&lines);
+                    flags_now = n;
+                }
                 if expunges {
                     // Reported from the highest sequence number down, so each
                     // number is still right when the client applies it.
@@ -800,7 +887,7 @@ impl Session {
                     }
                     if let Ok(pos) = uids.binary_search(&m.uid) {
                         out.extend_from_slice(format!("* {} FETCH (UID {} FLAGS (", pos + 1, m.uid).as_bytes());
-                        out.extend_from_slice(idx.flag_names(m.flags).join(" ").as_bytes());
+                        out.extend_from_slice(shown_flags(recent, m.uid, idx.flag_names(m.flags)).join(" ").as_bytes());
                         out.push(b')');
                         if condstore {
                             out.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
@@ -815,10 +902,29 @@ impl Session {
                 if uids.len() != before {
                     out.extend_from_slice(format!("* {} EXISTS\r\n", uids.len()).as_bytes());
                 }
-                (out, flagged, idx.highestmodseq)
+                (out, flagged, idx.highestmodseq, flags_now, uids[before..].to_vec())
             })
             .await;
         sel.told_modseq = highest;
+        sel.flags_told = flags_now;
+        // IMAP4rev1: new mail this session is first told about is recent
+        // here (a read-write session claims it), and RECENT follows EXISTS.
+        if !rev2 && !new.is_empty() {
+            let (keys, id) = (self.user.as_ref().map(|u| u.keys.clone()), sel.info.id.clone());
+            if let Some(keys) = keys {
+                let upto = new.last().map_or(1, |u| u + 1);
+                let mine = if read_only {
+                    let floor = self.imap.mail.recent.floor(&keys, &id).await;
+                    floor..upto
+                } else {
+                    self.imap.mail.recent.claim(&keys, &id, upto).await
+                };
+                sel.recent.extend(new.iter().copied().filter(|u| mine.contains(u)));
+            }
+            let uids = &sel.uids;
+            sel.recent.retain(|u| uids.binary_search(u).is_ok());
+            out.extend_from_slice(format!("* {} RECENT\r\n", sel.recent.len()).as_bytes());
+        }
         self.conn.write(&out).await?;
         Ok(flagged)
     }
@@ -967,6 +1073,19 @@ impl Session {
         let decode = |s: String| if self.enabled.rev2 { s.clone() } else { utf7::decode(&s).unwrap_or(s) };
         let (reference, pattern) = (decode(reference), decode(pattern));
         let word = if lsub { "LSUB" } else { "LIST" };
+        // RFC 5258 §3: options the server does not know are BAD, and so is
+        // RECURSIVEMATCH without another selection option (REMOTE does not
+        // count), whatever the pattern.
+        if let Some(o) = extras.list_select.iter().find(|o| !["SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"].contains(&o.as_str())) {
+            return Ok(Done::Bad(format!("unknown LIST selection option {o}")));
+        }
+        if let Some(o) = extras.list_return.iter().find(|o| !["SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"].contains(&o.as_str())) {
+            return Ok(Done::Bad(format!("unknown LIST return option {o}")));
+        }
+        let select = |o: &str| extras.list_select.iter().any(|s| s == o);
+        if select("RECURSIVEMATCH") && !select("SUBSCRIBED") && !select("SPECIAL-USE") {
+            return Ok(Done::Bad("RECURSIVEMATCH needs another selection option".into()));
+        }
         if pattern.is_empty() && !lsub {
             self.conn.write(b"* LIST (\\Noselect) \"/\" \"\"\r\n").await?;
             return Ok(Done::Ok("LIST completed".into()));
@@ -985,10 +1104,6 @@ impl Session {
                     || (name == "INBOX" && pattern_match(&full.iter().map(|c| c.to_ascii_uppercase()).collect::<Vec<_>>(), &chars))
             })
         };
-        let select = |o: &str| extras.list_select.iter().any(|s| s == o);
-        if select("RECURSIVEMATCH") && !select("SUBSCRIBED") && !select("SPECIAL-USE") {
-            return Ok(Done::Bad("RECURSIVEMATCH needs another selection option".into()));
-        }
         let list = match self.user().mailboxes.list().await {
             Ok(l) => l,
             Err(e) => return Ok(e.into()),
@@ -1010,9 +1125,11 @@ impl Session {
                 continue;
             }
             let prefix = format!("{}{SEPARATOR}", m.name);
-            // RECURSIVEMATCH: a parent with a selected descendant is listed
-            // with CHILDINFO even when it is not selected itself.
-            let child_selected = select("RECURSIVEMATCH") && names.iter().any(|o| o.name.starts_with(&prefix) && selected(o));
+            // RECURSIVEMATCH: a parent with a selected descendant that the
+            // patterns do not match is listed with CHILDINFO even when it is
+            // not selected itself (RFC 5258 §3, condition b).
+            let child_selected = select("RECURSIVEMATCH")
+                && names.iter().any(|o| o.name.starts_with(&prefix) && selected(o) && !matches_any(&o.name));
             if !selected(m) && !child_selected {
                 continue;
             }
@@ -1073,6 +1190,27 @@ impl Session {
                 out.extend_from_slice(b"\r\n");
             }
         }
+        // LSUB with `%`: a subscribed name below the level the pattern
+        // reaches shows its unsubscribed superior, as \Noselect (RFC 3501
+        // §6.3.9).
+        if lsub {
+            let mut parents: Vec<String> = vec![];
+            for s in subs.iter().filter(|s| !matches_any(s)) {
+                let parts: Vec<&str> = s.split(SEPARATOR).collect();
+                for i in 1..parts.len() {
+                    let parent = parts[..i].join("/");
+                    if matches_any(&parent) && !is_sub(&parent) && !parents.contains(&parent) {
+                        parents.push(parent);
+                    }
+                }
+            }
+            parents.sort();
+            for p in parents {
+                out.extend_from_slice(b"* LSUB (\\Noselect) \"/\" ");
+                out.extend_from_slice(&self.name_out(&p));
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         // Subscriptions to mailboxes that no longer exist still show.
         if subscribed_only {
             for s in &subs {
@@ -1114,6 +1252,13 @@ impl Session {
     async fn status_line(&mut self, info: &MailboxInfo, items: &[StatusDataItemName]) -> Result<Vec<u8>, Done> {
         let mb = self.open(&info.id, true).await?;
         let want_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
+        // RECENT: what no session has been told about (STATUS only looks).
+        let floor = if items.iter().any(|i| matches!(i, StatusDataItemName::Recent)) {
+            let keys = self.user().keys.clone();
+            self.imap.mail.recent.floor(&keys, &info.id).await
+        } else {
+            Uid::MAX
+        };
         let (parts, ids) = mb
             .with_view(|v| {
                 let Some(idx) = v else { return (vec![], vec![]) };
@@ -1121,7 +1266,7 @@ impl Session {
                 for i in items {
                     let s = match i {
                         StatusDataItemName::Messages => format!("MESSAGES {}", idx.len()),
-                        StatusDataItemName::Recent => "RECENT 0".to_string(),
+                        StatusDataItemName::Recent => format!("RECENT {}", idx.messages().iter().filter(|m| m.uid >= floor).count()),
                         StatusDataItemName::UidNext => format!("UIDNEXT {}", idx.uidnext),
                         StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", idx.uidvalidity),
                         StatusDataItemName::Unseen => format!("UNSEEN {}", idx.messages().iter().filter(|m| m.flags & 1 == 0).count()),
@@ -1239,8 +1384,8 @@ impl Session {
         if vanished && !(uid && self.enabled.qresync && changed_since.is_some()) {
             return Ok(Done::Bad("VANISHED needs UID FETCH, QRESYNC enabled and CHANGEDSINCE".into()));
         }
-        if changed_since.is_some() {
-            self.enabled.condstore = true;
+        if changed_since.is_some() || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
+            self.enable_condstore().await?;
         }
         let targets = self.resolve(&set, uid);
         let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
@@ -1277,6 +1422,7 @@ impl Session {
                 show_flags = true;
             }
         }
+        let recent = self.selected.as_ref().map(|s| s.recent.clone()).unwrap_or_default();
         let rows: Vec<Row> = mb
             .with_view(|v| {
                 let Some(idx) = v else { return vec![] };
@@ -1287,16 +1433,18 @@ impl Session {
                         if changed_since.is_some_and(|c| m.modseq <= c) {
                             return None;
                         }
-                        Some(Row { seq: *seq, uid: *u, id: m.id, flags: idx.flag_names(m.flags), modseq: m.modseq })
+                        Some(Row { seq: *seq, uid: *u, id: m.id, flags: shown_flags(&recent, *u, idx.flag_names(m.flags)), modseq: m.modseq })
                     })
                     .collect()
             })
             .await;
+        self.announce_flags().await?;
         let mut items = items;
         if show_flags && !items.iter().any(|i| matches!(i, MessageDataItemName::Flags)) {
             items.push(MessageDataItemName::Flags);
         }
-        let opts = fetch::Options { uid, modseq: self.enabled.condstore && (changed_since.is_some() || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq))) };
+        // Once CONDSTORE is on, every untagged FETCH carries MODSEQ.
+        let opts = fetch::Options { uid, modseq: self.enabled.condstore };
         let mut failed = 0;
         let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
         let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys.clone(), mailbox.clone(), ids, fetch::needs_meta(&items)));
@@ -1351,7 +1499,7 @@ impl Session {
         }
         let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
         if unchanged_since.is_some() {
-            self.enabled.condstore = true;
+            self.enable_condstore().await?;
         }
         let targets = self.resolve(&set, uid);
         let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
@@ -1383,7 +1531,9 @@ impl Session {
         if !silent {
             // Messages the STORE targeted but did not change still get
             // their FLAGS (RFC 3501 §6.4.6).
+            self.announce_flags().await?;
             let condstore = self.enabled.condstore;
+            let recent = self.selected.as_ref().map(|s| s.recent.clone()).unwrap_or_default();
             let rest: Vec<u8> = mb
                 .with_view(|v| {
                     let mut out = vec![];
@@ -1394,7 +1544,7 @@ impl Session {
                         }
                         if let Some(m) = idx.get(*u) {
                             out.extend_from_slice(format!("* {seq} FETCH (UID {u} FLAGS (").as_bytes());
-                            out.extend_from_slice(idx.flag_names(m.flags).join(" ").as_bytes());
+                            out.extend_from_slice(shown_flags(&recent, *u, idx.flag_names(m.flags)).join(" ").as_bytes());
                             out.push(b')');
                             if condstore {
                                 out.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
@@ -1573,6 +1723,7 @@ impl Session {
         let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
         let (mb, mailbox) = (sel.mb.clone(), sel.info.id.clone());
         let known = sel.uids.clone();
+        let recent = sel.recent.clone();
         let keys = self.user().keys.clone();
         let rows: Vec<(u32, Uid, u64, Vec<String>, ModSeq)> = mb
             .with_view(|v| {
@@ -1580,7 +1731,7 @@ impl Session {
                 known
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, u)| idx.get(*u).map(|m| (i as u32 + 1, *u, m.id, idx.flag_names(m.flags), m.modseq)))
+                    .filter_map(|(i, u)| idx.get(*u).map(|m| (i as u32 + 1, *u, m.id, shown_flags(&recent, *u, idx.flag_names(m.flags)), m.modseq)))
                     .collect()
             })
             .await;
@@ -1629,8 +1780,12 @@ impl Session {
             }
         }
         let uses_modseq = format!("{key:?}").contains("ModSequence");
+        if uses_modseq {
+            self.enable_condstore().await?;
+        }
         let numbers: Vec<u32> = hits.iter().map(|(s, u, _)| if uid { *u } else { *s }).collect();
         let max_modseq = hits.iter().map(|h| h.2).max();
+        let modseq_of = |n: u32| hits.iter().find(|h| (if uid { h.1 } else { h.0 }) == n).map(|h| h.2);
         // IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4), ALL
         // when no RETURN options were given.
         let search_return = match &extras.search_return {
@@ -1661,7 +1816,23 @@ impl Session {
                     line.push_str(&format!(" COUNT {}", numbers.len()));
                 }
                 if uses_modseq {
-                    if let Some(m) = max_modseq {
+                    // RFC 4731 §3.2: with only MIN and/or MAX, the MODSEQ of
+                    // the message(s) returned; otherwise the highest of all.
+                    let only_ends = !opts.iter().any(|o| matches!(*o, "ALL" | "COUNT"))
+                        && opts.iter().any(|o| matches!(*o, "MIN" | "MAX"));
+                    let m = if only_ends {
+                        let mut ends = vec![];
+                        if opts.contains(&"MIN") {
+                            ends.extend(numbers.iter().min().and_then(|n| modseq_of(*n)));
+                        }
+                        if opts.contains(&"MAX") {
+                            ends.extend(numbers.iter().max().and_then(|n| modseq_of(*n)));
+                        }
+                        ends.into_iter().max()
+                    } else {
+                        max_modseq
+                    };
+                    if let Some(m) = m {
                         line.push_str(&format!(" MODSEQ {m}"));
                     }
                 }

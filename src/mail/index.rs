@@ -98,6 +98,12 @@ impl MailboxIndex {
         self.expunged.iter().filter(move |(_, m)| *m > modseq).map(|(u, _)| *u)
     }
 
+    /// How many flag names the mailbox has: the system flags and every
+    /// keyword used in it (keywords are only ever added).
+    pub fn flag_count(&self) -> usize {
+        SYSTEM_FLAGS.len() + self.keywords.len()
+    }
+
     /// Flag names of a bit set.
     pub fn flag_names(&self, bits: u64) -> Vec<String> {
         let mut out = vec![];

@@ -15,6 +15,7 @@ pub mod mailboxes;
 pub mod cleanup;
 pub mod message;
 pub mod model;
+pub mod recent;
 pub mod service;
 pub mod usage;
 

@@ -107,6 +107,20 @@ impl Drop for Open {
     }
 }
 
+/// The UIDVALIDITY a mailbox's first epoch records (later epochs copy it).
+/// Every CREATE makes a new random id, so a mailbox created again under a
+/// deleted one's name gets another value (RFC 9051 §2.3.1.1), and every
+/// node racing to start the mailbox proposes the same one. Kept below 2^31
+/// for clients that store it signed. INBOX is never recreated: it keeps
+/// the node's start time, as before.
+fn initial_uidvalidity(mailbox: &str, inbox: u32) -> u32 {
+    if mailbox == super::mailboxes::INBOX_ID {
+        return inbox;
+    }
+    let h = crate::crypto::keyed_hash(&[0; 32], &[b"estafette uidvalidity v1\0", mailbox.as_bytes()]);
+    (u32::from_le_bytes([h[0], h[1], h[2], h[3]]) & 0x7fff_ffff).max(1)
+}
+
 /// A user's filing task: whether to scan once more when this scan ends,
 /// with `all` (deliveries other nodes file included), and who waits for
 /// that next scan.
@@ -120,6 +134,8 @@ struct Filing {
 pub struct MailService {
     /// Storage usage per user (quotas).
     pub usage: Arc<super::usage::Usage>,
+    /// Which messages IMAP4rev1 sessions on this node have seen as \Recent.
+    pub recent: super::recent::RecentTracker,
     store: Store,
     rpc: PeerRpc,
     /// Node slot -> peer id, in the layout's order (slots are stable).
@@ -230,6 +246,7 @@ impl MailService {
             };
             MailService {
                 usage: super::usage::Usage::new(store.clone(), hex::encode(rpc.local_id())),
+                recent: super::recent::RecentTracker::new(store.clone()),
                 store,
                 rpc,
                 slots,
@@ -290,8 +307,12 @@ impl MailService {
                 service: Arc::downgrade(self),
                 keys: keys.clone(),
             });
+            let cfg = EngineConfig {
+                uidvalidity: initial_uidvalidity(mailbox, self.cfg.uidvalidity),
+                ..self.cfg.clone()
+            };
             Open {
-                mailbox: Arc::new(Mailbox::new(mailbox, self.cfg.clone(), storage, peers)),
+                mailbox: Arc::new(Mailbox::new(mailbox, cfg, storage, peers)),
                 keys: keys.clone(),
                 changes: watch::channel(Changes::default()).0,
                 poller: None,

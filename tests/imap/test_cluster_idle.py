@@ -37,7 +37,8 @@ uid = int(re.search(r"APPENDUID \d+ (\d+)", t).group(1))
 assert idle_until(b, "EXISTS") == "* 1 EXISTS"
 a.ok("NOOP")
 a.ok("STORE 1 +FLAGS (\\Flagged)")
-assert idle_until(b, "FETCH") == "* 1 FETCH (UID %d FLAGS (\\Flagged))" % uid
+# (\Recent is tracked per node, so node 3 may show it too: docs/imap.md.)
+assert idle_until(b, "FETCH").replace(" \\Recent", "") == "* 1 FETCH (UID %d FLAGS (\\Flagged))" % uid
 a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
 a.ok("EXPUNGE")
 assert idle_until(b, "EXPUNGE") == "* 1 EXPUNGE"
@@ -49,7 +50,8 @@ assert b.line() == "i1 OK IDLE terminated"
 a.ok('APPEND "Shared" ', message("from node 1"))
 b.ok('APPEND "Shared" ', message("from node 3"))
 u, t = a.ok("NOOP")
-assert u == ["* 2 EXISTS"], u
+# (RECENT follows EXISTS for IMAP4rev1; its count is per node.)
+assert u[0] == "* 2 EXISTS" and all(l.endswith(" RECENT") for l in u[1:]), u
 ua, _ = a.ok("UID FETCH 1:* (UID)")
 ub, _ = b.ok("UID FETCH 1:* (UID)")
 assert ua == ub and len(ua) == 2, (ua, ub)

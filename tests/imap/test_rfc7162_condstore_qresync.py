@@ -10,6 +10,9 @@ r.cmd('DELETE "Cond"')
 r.ok('CREATE "Cond"')
 for i in range(4):
     r.ok('APPEND "Cond" ', message("c%d" % i))
+# A first SELECT takes \Recent (test_rfc3501_recent.py), so that the FLAGS
+# below are the stored ones.
+r.ok('SELECT "Cond"')
 u, t = r.ok('SELECT "Cond" (CONDSTORE)')
 hms = [int(re.search(r"HIGHESTMODSEQ (\d+)", l).group(1)) for l in u if "HIGHESTMODSEQ" in l][0]
 uidvalidity = [int(re.search(r"UIDVALIDITY (\d+)", l).group(1)) for l in u if "UIDVALIDITY" in l][0]
@@ -56,4 +59,31 @@ assert len(u) == 2 and u[1].startswith("* 1 FETCH (UID 1 FLAGS () MODSEQ ("), u
 u, t = r.ok('SELECT "Cond" (QRESYNC (%d %d))' % (uidvalidity + 1, before))
 assert not any("VANISHED" in l for l in u), u
 r.ok("LOGOUT")
+
+# CONDSTORE enabled by use (RFC 7162 §3.1), not by SELECT or ENABLE: the
+# first enabling command with a mailbox selected reports HIGHESTMODSEQ,
+# and from then on every untagged FETCH carries MODSEQ.
+s = Raw()
+s.login()
+s.ok('SELECT "Cond"')
+u, t = s.ok("FETCH 1 (MODSEQ)")
+assert u[0].startswith("* OK [HIGHESTMODSEQ "), u
+assert u[1].startswith("* 1 FETCH (MODSEQ ("), u
+u, t = s.ok("STORE 1 +FLAGS (\\Answered)")
+assert re.match(r"\* 1 FETCH \(UID 1 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)$", u[0]), u
+u, t = s.ok("FETCH 2 (FLAGS)")
+assert " MODSEQ (" in u[0], u
+# ESEARCH MODSEQ with MIN or MAX alone is that message's (RFC 4731 §3.2).
+mods = {}
+for l in s.ok("FETCH 1:* (MODSEQ)")[0]:
+    m = re.match(r"\* (\d+) FETCH \(.*MODSEQ \((\d+)\)", l)
+    if m:
+        mods[int(m.group(1))] = int(m.group(2))
+low = min(mods.values())
+u, t = s.ok("SEARCH RETURN (MIN) MODSEQ %d" % low)
+first = min(n for n, m in mods.items() if m >= low)
+assert u == ['* ESEARCH (TAG "t%d") MIN %d MODSEQ %d' % (s.n, first, mods[first])], (u, mods)
+u, t = s.ok("SEARCH RETURN (ALL) MODSEQ %d" % low)
+assert u[0].endswith("MODSEQ %d" % max(mods.values())), (u, mods)
+s.ok("LOGOUT")
 print("ok")

@@ -3,6 +3,8 @@ STATUS (RFC 9051 §6.3), modified UTF-7 names for IMAP4rev1 clients and
 UTF-8 after ENABLE IMAP4rev2, CHILDREN (RFC 3348), SPECIAL-USE and
 CREATE-SPECIAL-USE (RFC 6154), LIST-EXTENDED (RFC 5258), LIST-STATUS
 (RFC 5819), STATUS=SIZE (RFC 8438)."""
+import re
+
 from imaptest import *
 
 r = Raw()
@@ -63,8 +65,9 @@ u, t = r.ok('STATUS "Old Inbox" (MESSAGES)')
 assert u == ['* STATUS "Old Inbox" (MESSAGES 2)'], u
 r.ok('SELECT "Old Inbox"')
 u, t = r.ok('FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
-assert u == ['* 1 FETCH (FLAGS (\\Flagged) BODY[HEADER.FIELDS (SUBJECT)] {23}\r\nSubject: in inbox 1\r\n\r\n)',
-             '* 2 FETCH (FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {23}\r\nSubject: in inbox 2\r\n\r\n)'], u
+# Never selected before: both are \Recent in this (first) session.
+assert u == ['* 1 FETCH (FLAGS (\\Flagged \\Recent) BODY[HEADER.FIELDS (SUBJECT)] {23}\r\nSubject: in inbox 1\r\n\r\n)',
+             '* 2 FETCH (FLAGS (\\Recent) BODY[HEADER.FIELDS (SUBJECT)] {23}\r\nSubject: in inbox 2\r\n\r\n)'], u
 r.ok('UNSELECT')
 u, t = r.cmd('RENAME "Nope" "Other"')
 assert t == "NO [NONEXISTENT] no mailbox Nope", t
@@ -103,6 +106,24 @@ assert u == ['* LIST (\\HasChildren) "/" Archive ("CHILDINFO" ("SUBSCRIBED"))',
              '* LIST (\\HasNoChildren \\Sent \\Subscribed) "/" "Sent Items"'], u
 u, t = r.cmd('LIST (RECURSIVEMATCH) "" "%"')
 assert t == "BAD RECURSIVEMATCH needs another selection option", t
+# RFC 5258 §3: unknown options are BAD, and RECURSIVEMATCH alone (or with
+# REMOTE) is BAD whatever the pattern, the empty one included.
+u, t = r.cmd('LIST (RECURSIVEMATCH) "" ""')
+assert t.startswith("BAD"), t
+u, t = r.cmd('LIST (RECURSIVEMATCH REMOTE) "" ""')
+assert t.startswith("BAD"), t
+u, t = r.cmd('LIST (FROBNICATE) "" "*"')
+assert t == "BAD unknown LIST selection option FROBNICATE", t
+u, t = r.cmd('LIST "" "*" RETURN (FROBNICATE)')
+assert t == "BAD unknown LIST return option FROBNICATE", t
+# LSUB with %: a subscribed name below the level shows its unsubscribed
+# superior as \Noselect (RFC 3501 §6.3.9), whether or not it exists.
+r.ok('SUBSCRIBE "Deep/Er/Est"')
+u, t = r.ok('LSUB "" "Deep/%"')
+assert u == ['* LSUB (\\Noselect) "/" Deep/Er'], u
+u, t = r.ok('LSUB "" "Deep/*"')
+assert u == ['* LSUB (\\Noselect) "/" Deep/Er/Est'], u
+r.ok('UNSUBSCRIBE "Deep/Er/Est"')
 # A superior name that is no mailbox still shows, as \Noselect.
 r.ok('DELETE "Archive/Projects/Estafette"')
 u, t = r.ok('LIST "" "Archive/Projects/%"')
@@ -117,6 +138,19 @@ u, t = r.cmd('SELECT "Sent Items"')
 assert t == "NO [NONEXISTENT] no mailbox Sent Items", t
 u, t = r.cmd('DELETE INBOX')
 assert t.startswith("NO"), t
+
+# A mailbox created again under a deleted one's name is a new mailbox: its
+# UIDVALIDITY differs (RFC 9051 §2.3.1.1), so clients drop what they cached.
+uv = lambda u: re.search(r"UIDVALIDITY (\d+)", u[0]).group(1)
+r.ok('CREATE "Again"')
+r.ok('APPEND "Again" ', message("first incarnation"))
+u, t = r.ok('STATUS "Again" (UIDVALIDITY MESSAGES)')
+first = uv(u)
+r.ok('DELETE "Again"')
+r.ok('CREATE "Again"')
+u, t = r.ok('STATUS "Again" (UIDVALIDITY MESSAGES)')
+assert "MESSAGES 0" in u[0] and uv(u) != first, (first, u)
+r.ok('DELETE "Again"')
 
 # IMAP4rev2 clients get UTF-8 names.
 r.ok("ENABLE IMAP4rev2")

@@ -25,7 +25,7 @@ assert t == "NO [TRYCREATE] no mailbox Nope", t
 u, t = r.ok('SELECT "Msgs"')
 assert u[0] == "* OK [CLOSED] Previous mailbox closed", u
 assert u[1] == "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)", u
-assert u[2] == "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted", u
+assert u[2] == "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted", u
 assert "* 2 EXISTS" in u and "* 0 RECENT" in u, u
 assert "* OK [UNSEEN 1] First unseen" in u, u
 assert "* OK [UIDVALIDITY %d] UIDs valid" % uidvalidity in u, u
@@ -86,7 +86,11 @@ assert u == ["* 2 FETCH (UID 2 FLAGS (\\Answered))"], u
 u, t = r.ok("STORE 2 +FLAGS.SILENT (\\Draft)")
 assert u == [], u
 u, t = r.ok("UID STORE 2 FLAGS (Junk)")
-assert u == ["* 2 FETCH (UID 2 FLAGS (Junk))"], u
+# A keyword new to the mailbox is announced (FLAGS, PERMANENTFLAGS) before
+# the FETCH that uses it (RFC 9051 §7.3.5).
+assert u == ["* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work Junk)",
+             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work Junk \\*)] Flags permitted",
+             "* 2 FETCH (UID 2 FLAGS (Junk))"], u
 u, t = r.ok("STORE 2 -FLAGS (Junk)")
 assert u == ["* 2 FETCH (UID 2 FLAGS ())"], u
 u, t = r.cmd("STORE 2 +FLAGS (\\Recent)")
@@ -134,5 +138,16 @@ u, t = r.ok('STATUS "Other" (MESSAGES)')
 assert u == ['* STATUS Other (MESSAGES 2)'], u
 u, t = r.cmd("FETCH 1 FLAGS")
 assert t == "BAD FETCH needs a selected mailbox", t
+# A message that is itself message/rfc822: 1.1 and 1.TEXT are the embedded
+# message's part and body (RFC 9051 §6.4.5), not empty.
+r.ok('SELECT "Msgs"')
+nested = (b"From: user@example.test\r\nMime-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+          b"From: sub@example.test\r\nSubject: submsg\r\n\r\nHello world\r\n")
+u, t = r.ok('APPEND "Msgs" ', nested)
+n = int(re.search(r"APPENDUID \d+ (\d+)", t).group(1))
+u, t = r.ok("UID FETCH %d (BODY.PEEK[1.1] BODY.PEEK[1.TEXT] BODY.PEEK[1.HEADER.FIELDS (SUBJECT)])" % n)
+assert "BODY[1.1] {13}\r\nHello world\r\n" in u[-1], u
+assert "BODY[1.TEXT] {13}\r\nHello world\r\n" in u[-1], u
+assert "BODY[1.HEADER.FIELDS (SUBJECT)] {19}\r\nSubject: submsg\r\n\r\n" in u[-1], u
 r.ok("LOGOUT")
 print("ok")
