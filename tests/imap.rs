@@ -122,6 +122,11 @@ fn rfc3501_recent_and_new_keywords_told_to_other_sessions() {
 }
 
 #[test]
+fn rfc5256_sort_and_rfc5957_display_sort() {
+    script(&dev(), "test_rfc5256_sort.py");
+}
+
+#[test]
 fn rfc7162_condstore_and_qresync() {
     script(&dev(), "test_rfc7162_condstore_qresync.py");
 }

@@ -17,6 +17,7 @@ mod render;
 mod search;
 mod sections;
 mod session;
+mod sort;
 mod tls;
 mod utf7;
 
@@ -167,6 +168,8 @@ impl Imap {
             "QRESYNC",
             "ESEARCH",
             "SEARCHRES",
+            "SORT",
+            "SORT=DISPLAY",
             "WITHIN",
             "QUOTA",
             "QUOTA=RES-STORAGE",

@@ -28,6 +28,7 @@ use imap_codec::CommandCodec;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::sort;
 use super::conn::{Conn, ConnError, Frame};
 use super::extended::{preparse, Extras};
 use super::fetch::{self, Row};
@@ -106,6 +107,12 @@ struct Selected {
     /// Messages that are \Recent in this session (IMAP4rev1 only): the
     /// ones it was first to be told about (`mail::recent`).
     recent: std::collections::BTreeSet<Uid>,
+}
+
+/// SEARCH and SORT accept UTF-8 and US-ASCII (RFC 9051 §6.4.4).
+fn unsupported_charset(charset: Option<&imap_codec::imap_types::core::Charset<'_>>) -> Option<Done> {
+    let c = charset?.as_ref().to_ascii_uppercase();
+    (c != "UTF-8" && c != "US-ASCII").then(|| Done::No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset".into()))
 }
 
 /// A message's flag names as this session shows them: with `\Recent`
@@ -573,6 +580,9 @@ impl Session {
             CommandBody::Copy { sequence_set, mailbox, uid } => self.copy(sequence_set, &mailbox, uid, false).await,
             CommandBody::Move { sequence_set, mailbox, uid } => self.copy(sequence_set, &mailbox, uid, true).await,
             CommandBody::Search { charset, criteria, uid } => self.search(tag, charset, criteria, uid, extras).await,
+            CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
+                self.sort(sort_criteria, charset, search_criteria, uid).await
+            }
             other => Ok(Done::Bad(format!("{} is not supported", other.name()))),
         }
     }
@@ -1704,23 +1714,11 @@ impl Session {
         Ok(Done::Ok(format!("{code} {word} completed")))
     }
 
-    async fn search(
-        &mut self,
-        tag: &str,
-        charset: Option<imap_codec::imap_types::core::Charset<'_>>,
-        criteria: Vec1<SearchKey<'_>>,
-        uid: bool,
-        extras: &Extras,
-    ) -> Result<Done, ConnError> {
-        if let Some(c) = &charset {
-            let c = c.as_ref().to_ascii_uppercase();
-            if c != "UTF-8" && c != "US-ASCII" {
-                return Ok(Done::No("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset".into()));
-            }
-        }
-        let key = SearchKey::And(criteria);
-        let needs = search::needs(&key);
-        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+    /// The selected mailbox's messages that match `key`, in mailbox order:
+    /// (sequence number, UID, MODSEQ, message id). SEARCH and SORT share it.
+    async fn matching(&mut self, key: &SearchKey<'_>) -> Result<Vec<(u32, Uid, ModSeq, u64)>, Done> {
+        let needs = search::needs(key);
+        let Some(sel) = self.selected.as_ref() else { return Err(Done::Bad("No mailbox selected".into())) };
         let (mb, mailbox) = (sel.mb.clone(), sel.info.id.clone());
         let known = sel.uids.clone();
         let recent = sel.recent.clone();
@@ -1736,7 +1734,7 @@ impl Session {
             })
             .await;
         let scope = Scope::new(known.len() as u32, known.last().copied().unwrap_or(0), chrono::Utc::now().timestamp());
-        let mut hits: Vec<(u32, Uid, ModSeq)> = vec![];
+        let mut hits: Vec<(u32, Uid, ModSeq, u64)> = vec![];
         // Reads (metadata, and bodies for BODY/TEXT) run ahead of the
         // matching, several at a time; decoding happens on the way.
         let loads = {
@@ -1760,10 +1758,10 @@ impl Session {
                 .buffered(if needs.text { 8 } else { fetch::PREFETCH })
         };
         let mut loads = std::pin::pin!(loads);
-        for (seq, u, _id, flags, modseq) in &rows {
+        for (seq, u, id, flags, modseq) in &rows {
             let (meta, header, text) = match loads.next().await {
                 Some(Ok(x)) => x,
-                Some(Err(e)) => return Ok(e.into()),
+                Some(Err(e)) => return Err(e.into()),
                 None => (None, None, None),
             };
             let c = Candidate {
@@ -1775,15 +1773,76 @@ impl Session {
                 header: header.as_ref().or(text.as_ref()),
                 text: text.as_ref(),
             };
-            if search::matches(&key, &c, &scope) {
-                hits.push((*seq, *u, *modseq));
+            if search::matches(key, &c, &scope) {
+                hits.push((*seq, *u, *modseq, *id));
             }
         }
+        Ok(hits)
+    }
+
+    /// SORT and UID SORT (RFC 5256, RFC 5957 DISPLAY): the messages SEARCH
+    /// would find, ordered by the criteria from their stored metadata.
+    async fn sort(
+        &mut self,
+        criteria: Vec1<imap_codec::imap_types::extensions::sort::SortCriterion>,
+        charset: imap_codec::imap_types::core::Charset<'_>,
+        search_criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+    ) -> Result<Done, ConnError> {
+        if let Some(no) = unsupported_charset(Some(&charset)) {
+            return Ok(no);
+        }
+        let key = SearchKey::And(search_criteria);
+        let hits = match self.matching(&key).await {
+            Ok(h) => h,
+            Err(d) => return Ok(d),
+        };
+        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
+        let mailbox = sel.info.id.clone();
+        let keys = self.user().keys.clone();
+        let ids: Vec<u64> = hits.iter().map(|h| h.3).collect();
+        let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys, mailbox, ids, true));
+        let mut rows = Vec::with_capacity(hits.len());
+        for h in &hits {
+            let k = match metas.next().await {
+                Some(Ok(Some(m))) => sort::keys(&m),
+                Some(Ok(None)) | None => sort::Keys::default(),
+                Some(Err(e)) => return Ok(e.into()),
+            };
+            rows.push((if uid { h.1 } else { h.0 }, k));
+        }
+        sort::sort(&mut rows, criteria.as_ref());
+        let mut line = String::from("* SORT");
+        for (n, _) in &rows {
+            line.push_str(&format!(" {n}"));
+        }
+        line.push_str("\r\n");
+        self.conn.write(line.as_bytes()).await?;
+        self.sync(uid, None).await?;
+        Ok(Done::Ok(if uid { "UID SORT completed" } else { "SORT completed" }.into()))
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        charset: Option<imap_codec::imap_types::core::Charset<'_>>,
+        criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+        extras: &Extras,
+    ) -> Result<Done, ConnError> {
+        if let Some(no) = unsupported_charset(charset.as_ref()) {
+            return Ok(no);
+        }
+        let key = SearchKey::And(criteria);
+        let hits = match self.matching(&key).await {
+            Ok(h) => h,
+            Err(d) => return Ok(d),
+        };
         let uses_modseq = format!("{key:?}").contains("ModSequence");
         if uses_modseq {
             self.enable_condstore().await?;
         }
-        let numbers: Vec<u32> = hits.iter().map(|(s, u, _)| if uid { *u } else { *s }).collect();
+        let numbers: Vec<u32> = hits.iter().map(|(s, u, _, _)| if uid { *u } else { *s }).collect();
         let max_modseq = hits.iter().map(|h| h.2).max();
         let modseq_of = |n: u32| hits.iter().find(|h| (if uid { h.1 } else { h.0 }) == n).map(|h| h.2);
         // IMAP4rev2 answers SEARCH with ESEARCH (RFC 9051 §6.4.4), ALL
