@@ -18,6 +18,7 @@ mod search;
 mod sections;
 mod session;
 mod sort;
+mod thread;
 mod tls;
 mod utf7;
 
@@ -170,6 +171,7 @@ impl Imap {
             "SEARCHRES",
             "SORT",
             "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT",
             "WITHIN",
             "QUOTA",
             "QUOTA=RES-STORAGE",

@@ -1,6 +1,6 @@
 """SORT and UID SORT (RFC 5256 §3) with SORT=DISPLAY (RFC 5957): every sort
 key, REVERSE, several criteria, search criteria, ties in mailbox order,
-base subjects, and the charset check."""
+base subjects, and the charset check; THREAD=ORDEREDSUBJECT (RFC 5256 §3)."""
 from imaptest import *
 
 r = Raw()
@@ -54,6 +54,19 @@ assert sort("UID SORT (SIZE) UTF-8 ALL") == "* SORT " + " ".join(str(uids[n - 1]
 u, t = r.cmd("SORT (SUBJECT) KOI8-R ALL")
 assert t == "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset", t
 u, t = r.cmd("SORT (NOPE) UTF-8 ALL")
+assert t.startswith("BAD"), t
+
+# THREAD=ORDEREDSUBJECT: one thread per base subject, its first message (by
+# sent date) the parent of the rest, threads by their first date:
+# BANANA (4 on 31 Dec, then 1), APPLE (2), CHERRY (3, no Date: arrival).
+assert "THREAD=ORDEREDSUBJECT" in r.ok("CAPABILITY")[0][0]
+u, t = r.ok("THREAD ORDEREDSUBJECT UTF-8 ALL")
+assert u == ["* THREAD (4 1)(2)(3)"] and t == "OK THREAD completed", (u, t)
+u, t = r.ok("UID THREAD ORDEREDSUBJECT UTF-8 SUBJECT banana")
+assert u == ["* THREAD (%d %d)" % (uids[3], uids[0])], u
+u, t = r.ok("THREAD ORDEREDSUBJECT UTF-8 SUBJECT nothing-matches")
+assert u == ["* THREAD"], u
+u, t = r.cmd("THREAD REFERENCES UTF-8 ALL")
 assert t.startswith("BAD"), t
 r.ok("LOGOUT")
 print("ok")

@@ -13,7 +13,7 @@
 //! one dispatch; the commands live by RFC area, each file an `impl
 //! Session` block: `state.rs` (STARTTLS, LOGIN, ENABLE), `mailboxes.rs`
 //! (RFC 9051 §6.3, LIST-EXTENDED, STATUS), `messages.rs` (APPEND, FETCH,
-//! STORE, EXPUNGE, COPY/MOVE), `query.rs` (SEARCH, SORT), `updates.rs`
+//! STORE, EXPUNGE, COPY/MOVE), `query.rs` (SEARCH, SORT, THREAD), `updates.rs`
 //! (untagged updates, IDLE, CONDSTORE enabling), `quota.rs` (RFC 9208).
 
 use std::net::SocketAddr;
@@ -43,6 +43,7 @@ mod state;
 mod updates;
 
 use super::sort;
+use super::thread;
 use super::conn::{Conn, ConnError, Frame};
 use super::extended::{preparse, Extras};
 use super::fetch::{self, Row};
@@ -555,6 +556,9 @@ impl Session {
             CommandBody::Search { charset, criteria, uid } => self.search(tag, charset, criteria, uid, extras).await,
             CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
                 self.sort(sort_criteria, charset, search_criteria, uid).await
+            }
+            CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
+                self.thread(algorithm, charset, search_criteria, uid).await
             }
             other => Ok(Done::Bad(format!("{} is not supported", other.name()))),
         }

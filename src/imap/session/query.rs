@@ -81,28 +81,10 @@ impl Session {
         search_criteria: Vec1<SearchKey<'_>>,
         uid: bool,
     ) -> Result<Done, ConnError> {
-        if let Some(no) = unsupported_charset(Some(&charset)) {
-            return Ok(no);
-        }
-        let key = SearchKey::And(search_criteria);
-        let hits = match self.matching(&key).await {
-            Ok(h) => h,
+        let mut rows = match self.sort_rows(charset, search_criteria, uid).await {
+            Ok(r) => r,
             Err(d) => return Ok(d),
         };
-        let Some(sel) = self.selected.as_ref() else { return Ok(Done::Bad("No mailbox selected".into())) };
-        let mailbox = sel.info.id.clone();
-        let keys = self.user().keys.clone();
-        let ids: Vec<u64> = hits.iter().map(|h| h.3).collect();
-        let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys, mailbox, ids, true));
-        let mut rows = Vec::with_capacity(hits.len());
-        for h in &hits {
-            let k = match metas.next().await {
-                Some(Ok(Some(m))) => sort::keys(&m),
-                Some(Ok(None)) | None => sort::Keys::default(),
-                Some(Err(e)) => return Ok(e.into()),
-            };
-            rows.push((if uid { h.1 } else { h.0 }, k));
-        }
         sort::sort(&mut rows, criteria.as_ref());
         let mut line = String::from("* SORT");
         for (n, _) in &rows {
@@ -112,6 +94,59 @@ impl Session {
         self.conn.write(line.as_bytes()).await?;
         self.sync(uid, None).await?;
         Ok(Done::Ok(if uid { "UID SORT completed" } else { "SORT completed" }.into()))
+    }
+
+    /// THREAD (RFC 5256): ORDEREDSUBJECT; REFERENCES is not offered yet.
+    pub(super) async fn thread(
+        &mut self,
+        algorithm: imap_codec::imap_types::extensions::thread::ThreadingAlgorithm<'_>,
+        charset: imap_codec::imap_types::core::Charset<'_>,
+        search_criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+    ) -> Result<Done, ConnError> {
+        use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
+        if !matches!(algorithm, ThreadingAlgorithm::OrderedSubject) {
+            return Ok(Done::Bad(format!("threading algorithm {algorithm} is not supported (THREAD=ORDEREDSUBJECT is)")));
+        }
+        let rows = match self.sort_rows(charset, search_criteria, uid).await {
+            Ok(r) => r,
+            Err(d) => return Ok(d),
+        };
+        let threads = thread::render(&thread::ordered_subject(&rows));
+        let line = if threads.is_empty() { "* THREAD\r\n".to_string() } else { format!("* THREAD {threads}\r\n") };
+        self.conn.write(line.as_bytes()).await?;
+        self.sync(uid, None).await?;
+        Ok(Done::Ok(if uid { "UID THREAD completed" } else { "THREAD completed" }.into()))
+    }
+
+    /// The messages the search part of SORT or THREAD finds, numbered (UIDs
+    /// for the UID form), with their sort keys from the stored metadata.
+    async fn sort_rows(
+        &mut self,
+        charset: imap_codec::imap_types::core::Charset<'_>,
+        search_criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+    ) -> Result<Vec<(u32, sort::Keys)>, Done> {
+        if let Some(no) = unsupported_charset(Some(&charset)) {
+            return Err(no);
+        }
+        let key = SearchKey::And(search_criteria);
+        let hits = self.matching(&key).await?;
+        let Some(sel) = self.selected.as_ref() else { return Err(Done::Bad("No mailbox selected".into())) };
+        let mailbox = sel.info.id.clone();
+        let keys = self.user().keys.clone();
+        let ids: Vec<u64> = hits.iter().map(|h| h.3).collect();
+        let mut metas = std::pin::pin!(fetch::metas(self.imap.store.clone(), keys, mailbox, ids, true));
+        let mut rows = Vec::with_capacity(hits.len());
+        for h in &hits {
+            let k = match metas.next().await {
+                Some(Ok(Some(m))) => sort::keys(&m),
+                Some(Ok(None)) | None => sort::Keys::default(),
+                Some(Err(e)) => return Err(e.into()),
+            };
+            rows.push((if uid { h.1 } else { h.0 }, k));
+        }
+        Ok(rows)
     }
 
     pub(super) async fn search(
