@@ -24,7 +24,7 @@
 //! given), mailboxes or protocols; docs/storage.md has the layout and costs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -123,8 +123,6 @@ pub struct ClusterDirectory {
     records: Mutex<BTreeMap<String, Record>>,
     view: RwLock<Arc<View>>,
     loaded: AtomicBool,
-    /// Bumped on every change of the view (tests and benchmarks wait on it).
-    version: AtomicU64,
     push: OnceLock<(PeerRpc, PeerEndpoint<DirectoryChanged>)>,
 }
 
@@ -155,7 +153,6 @@ impl ClusterDirectory {
             records: Mutex::new(BTreeMap::new()),
             view: RwLock::new(Arc::new(View::default())),
             loaded: AtomicBool::new(false),
-            version: AtomicU64::new(0),
             push: OnceLock::new(),
         })
     }
@@ -176,19 +173,8 @@ impl ClusterDirectory {
         Ok(())
     }
 
-    /// The opaque id the directory's items are stored under (for the
-    /// no-plaintext tests and the storage docs).
-    pub fn owner(&self) -> UserId {
-        self.keys.owner
-    }
-
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
-    }
-
-    /// Changes applied to the view so far.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
     }
 
     pub fn view(&self) -> Arc<View> {
@@ -311,7 +297,6 @@ impl ClusterDirectory {
         if let Ok(mut v) = self.view.write() {
             *v = Arc::new(view);
         }
-        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     fn cached(&self, key: &str) -> Option<Record> {

@@ -286,20 +286,11 @@ impl View {
             }
             view.addresses.insert(address.to_string(), owner.login.clone());
         }
-        for (address, login) in &view.addresses {
-            if let Some((u, _)) = view.users.get_mut(login) {
-                u.addresses.push(address.clone());
-            }
-        }
-        for (u, r) in view.users.values_mut() {
-            // Keep the spelling the user was created with where it is owned.
-            let owned: Vec<String> = r
-                .addresses
-                .iter()
-                .filter(|a| address_key(a).is_some_and(|k| u.addresses.contains(&k)))
-                .cloned()
-                .collect();
-            u.addresses = owned;
+        // A user's addresses are those of its record that it owns, in the
+        // spelling it was created with.
+        for (login, (u, r)) in view.users.iter_mut() {
+            u.addresses =
+                r.addresses.iter().filter(|a| address_key(a).is_some_and(|k| view.addresses.get(&k) == Some(login))).cloned().collect();
         }
         view.deleting.sort();
         view.deleting.dedup();

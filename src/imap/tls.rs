@@ -64,6 +64,7 @@ impl Certificate {
     }
 
     /// The end-entity certificate in use (DER).
+    #[cfg(test)]
     pub fn leaf(&self) -> Option<Vec<u8>> {
         let cur = self.current.read().ok()?;
         cur.cert.first().map(|c| c.as_ref().to_vec())

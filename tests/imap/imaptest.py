@@ -123,3 +123,47 @@ def fresh_mailbox(raw, name):
     raw.cmd('DELETE "%s"' % name)
     raw.ok('CREATE "%s"' % name)
     return raw.ok('SELECT "%s"' % name)
+
+
+def mbsync_setup(host="localhost"):
+    """A fresh local maildir and an mbsync configuration syncing INBOX both
+    ways with the dev node at `host` over IMAPS. Returns (maildir, run):
+    run() syncs once and returns mbsync's output (failing on an error)."""
+    import subprocess
+    import tempfile
+    work = tempfile.mkdtemp()
+    maildir = os.path.join(work, "mail")
+    os.makedirs(maildir)
+    rc = os.path.join(work, "mbsyncrc")
+    with open(rc, "w") as f:
+        f.write("""IMAPAccount estafette
+Host %s
+Port %d
+User %s
+Pass %s
+SSLType IMAPS
+CertificateFile %s
+
+IMAPStore remote
+Account estafette
+
+MaildirStore local
+Path %s/
+Inbox %s/INBOX
+
+Channel all
+Far :remote:
+Near :local:
+Patterns INBOX
+Create Both
+Expunge Both
+SyncState *
+""" % (host, IMAPS_PORT, USER, PASSWORD, os.environ["DEV_CERT"], maildir, maildir))
+
+    def run():
+        p = subprocess.run(["mbsync", "-c", rc, "-a"], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, "mbsync failed:\n%s\n%s" % (p.stdout, p.stderr)
+        return p.stdout + p.stderr
+
+    return maildir, run
+

@@ -4,46 +4,11 @@ final sync that changes nothing; no duplicates and no losses anywhere."""
 import mailbox
 import os
 import re
-import subprocess
-import tempfile
 
 from imaptest import *
 
 N = 500
-work = tempfile.mkdtemp()
-maildir = os.path.join(work, "mail")
-os.makedirs(maildir)
-rc = os.path.join(work, "mbsyncrc")
-with open(rc, "w") as f:
-    f.write("""IMAPAccount estafette
-Host localhost
-Port %d
-User %s
-Pass %s
-SSLType IMAPS
-CertificateFile %s
-
-IMAPStore remote
-Account estafette
-
-MaildirStore local
-Path %s/
-Inbox %s/INBOX
-
-Channel all
-Far :remote:
-Near :local:
-Patterns INBOX
-Create Both
-Expunge Both
-SyncState *
-""" % (IMAPS_PORT, USER, PASSWORD, os.environ["DEV_CERT"], maildir, maildir))
-
-
-def mbsync():
-    p = subprocess.run(["mbsync", "-c", rc, "-a"], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, "mbsync failed:\n%s\n%s" % (p.stdout, p.stderr)
-    return p.stdout + p.stderr
+maildir, mbsync = mbsync_setup()
 
 
 def server_state():

@@ -6,11 +6,9 @@ with no session fetches every one of them."""
 import os
 import re
 import smtplib
-import subprocess
-import tempfile
 
 import imaptest
-from imaptest import Raw, USER, PASSWORD, ADDRESS, LMTP_PORT, IMAPS_PORT
+from imaptest import Raw, ADDRESS, LMTP_PORT, mbsync_setup
 
 HOST1, HOST3 = os.environ["IMAP_HOST1"], os.environ["IMAP_HOST3"]
 N = int(os.environ.get("QUEUED", "150"))
@@ -46,36 +44,8 @@ c.ok("LOGOUT")
 # fresh local store fetches them all.
 more = ["mbsync-%02d" % i for i in range(40)]
 deliver(HOST1, more)
-work = tempfile.mkdtemp()
-maildir = os.path.join(work, "mail")
-os.makedirs(maildir)
-rc = os.path.join(work, "mbsyncrc")
-with open(rc, "w") as f:
-    f.write("""IMAPAccount estafette
-Host %s
-Port %d
-User %s
-Pass %s
-SSLType IMAPS
-CertificateFile %s
-
-IMAPStore remote
-Account estafette
-
-MaildirStore local
-Path %s/
-Inbox %s/INBOX
-
-Channel all
-Far :remote:
-Near :local:
-Patterns INBOX
-Create Both
-Expunge Both
-SyncState *
-""" % (HOST3, IMAPS_PORT, USER, PASSWORD, os.environ["DEV_CERT"], maildir, maildir))
-p = subprocess.run(["mbsync", "-c", rc, "-a"], capture_output=True, text=True, timeout=600)
-assert p.returncode == 0, "mbsync failed:\n%s\n%s" % (p.stdout, p.stderr)
+maildir, mbsync = mbsync_setup(HOST3)
+mbsync()
 local = []
 for sub in ("cur", "new"):
     d = os.path.join(maildir, "INBOX", sub)
